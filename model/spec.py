@@ -1,0 +1,154 @@
+"""The JSON model spec (contract of DESIGN.md), validated with pydantic.
+
+Only ``name``, ``task``, ``input_shape`` and the output size are required; every other
+field has a default chosen by ``benchmarks/bench_quality.py`` to learn well from the
+first samples of raw, unscaled features.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+#: Upper bounds that keep one model's memory and step time sane.
+MAX_INPUT_SIZE = 1 << 20
+MAX_WIDTH = 8192
+MAX_LAYERS = 16
+MAX_CLASSES = 100_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NetworkSpec(_Strict):
+    """The network body. ``kind`` defaults by the rank of ``input_shape``."""
+
+    kind: Literal["mlp", "cnn", "rnn"] | None = Field(
+        None, description="mlp for [F], rnn for [T, F], cnn for [C, H, W]; inferred when omitted"
+    )
+    hidden: list[int] = Field(
+        default_factory=lambda: [128, 64],
+        description="mlp: widths of the hidden layers; rnn: hidden size of each stacked layer",
+    )
+    channels: list[int] = Field(default_factory=lambda: [16, 32], description="cnn: channels per block")
+    input_norm: Literal["online", "none"] = Field(
+        "online",
+        description="standardize raw inputs with a (warmed-up) Online Normalization, so feature "
+        "scales do not matter; applies whatever norm.kind is",
+    )
+
+    @field_validator("hidden", "channels")
+    @classmethod
+    def _widths(cls, widths: list[int]) -> list[int]:
+        if len(widths) > MAX_LAYERS:
+            raise ValueError(f"at most {MAX_LAYERS} layers (got {len(widths)})")
+        for w in widths:
+            if not 1 <= w <= MAX_WIDTH:
+                raise ValueError(f"layer widths must be between 1 and {MAX_WIDTH} (got {w})")
+        return widths
+
+
+class NormSpec(_Strict):
+    """Normalization of the hidden layers: ``online`` (ON), ``layer`` (LayerNorm) or ``none``."""
+
+    kind: Literal["online", "layer", "none"] = "online"
+    alpha_fwd: float = Field(0.999, gt=0.0, lt=1.0)
+    alpha_bkw: float = Field(0.99, gt=0.0, lt=1.0)
+    eps: float = Field(1e-5, gt=0.0)
+    ecm: Literal["ls", "ac"] | None = "ls"
+    ls_eps: float = Field(1e-5, gt=0.0)
+    clamp_val: float = Field(5.0, gt=0.0)
+    warmup: bool = Field(True, description="exact running means for the first 1/(1-alpha_fwd) samples")
+
+
+class OptimizerSpec(_Strict):
+    kind: Literal["sgd", "adam"] = "adam"
+    lr: float = Field(0.003, gt=0.0, le=10.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam only")
+    weight_decay: float = Field(0.0, ge=0.0)
+    clip_grad_norm: float | None = Field(5.0, gt=0.0, description="per-step gradient norm cap; null: none")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must lie in [0, 1) (got {list(betas)})")
+        return betas
+
+
+class ModelSpec(_Strict):
+    """A model: what it predicts from what, and how it learns."""
+
+    name: str = Field(..., description=f"unique, matching {NAME_PATTERN}")
+    task: Literal["classification", "regression"]
+    input_shape: list[int] = Field(..., min_length=1, max_length=3)
+    num_classes: int | None = Field(None, description="classification only, at least 2")
+    output_dim: int | None = Field(None, description="regression only, default 1")
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    norm: NormSpec = Field(default_factory=NormSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    seed: int = Field(0, ge=0, lt=2**63)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not _NAME_RE.match(name):
+            raise ValueError(f"invalid model name {name!r}: must match {NAME_PATTERN}")
+        return name
+
+    @field_validator("input_shape")
+    @classmethod
+    def _input_shape(cls, shape: list[int]) -> list[int]:
+        if any(d < 1 for d in shape):
+            raise ValueError(f"input_shape dimensions must be positive (got {shape})")
+        if math.prod(shape) > MAX_INPUT_SIZE:
+            raise ValueError(f"input_shape {shape} has more than {MAX_INPUT_SIZE} elements")
+        return shape
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        if self.task == "classification":
+            if self.num_classes is None:
+                raise ValueError("classification needs num_classes")
+            if not 2 <= self.num_classes <= MAX_CLASSES:
+                raise ValueError(f"num_classes must be between 2 and {MAX_CLASSES} (got {self.num_classes})")
+            if self.output_dim is not None:
+                raise ValueError("output_dim is for regression; classification uses num_classes")
+        else:
+            if self.num_classes is not None:
+                raise ValueError("num_classes is for classification; regression uses output_dim")
+            if self.output_dim is not None and not 1 <= self.output_dim <= MAX_WIDTH:
+                raise ValueError(f"output_dim must be between 1 and {MAX_WIDTH} (got {self.output_dim})")
+        kind = self.network_kind
+        rank = {"mlp": None, "rnn": 2, "cnn": 3}[kind]
+        if rank is not None and len(self.input_shape) != rank:
+            raise ValueError(
+                f"network.kind {kind!r} needs input_shape of rank {rank} (got {self.input_shape})"
+            )
+        return self
+
+    @property
+    def network_kind(self) -> Literal["mlp", "cnn", "rnn"]:
+        """The network kind, inferred from the input rank when the spec leaves it out."""
+        if self.network.kind is not None:
+            return self.network.kind
+        return {1: "mlp", 2: "rnn", 3: "cnn"}[len(self.input_shape)]  # type: ignore[return-value]
+
+    @property
+    def output_size(self) -> int:
+        """Width of the network's last layer: classes, or regression outputs."""
+        if self.task == "classification":
+            assert self.num_classes is not None
+            return self.num_classes
+        return self.output_dim or 1
+
+    @property
+    def input_size(self) -> int:
+        return math.prod(self.input_shape)
