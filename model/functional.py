@@ -26,9 +26,7 @@ def _expand(t: Tensor, ndim: int) -> Tensor:
     return t.reshape(t.shape + (1,) * (ndim - 2))
 
 
-def _forward_coefficient(
-    alpha_fwd: float, n: int, seen: Tensor | None, dtype: torch.dtype
-) -> float | Tensor:
+def _forward_coefficient(alpha_fwd: float, n: int, seen: Tensor | None, dtype: torch.dtype) -> float | Tensor:
     """The forward decay of each sample: constant, or warmed up from the prior.
 
     With warm-up the prior ``(mu=0, var=1)`` counts as one pseudo-sample:
@@ -90,9 +88,7 @@ class OnlineNormFunction(torch.autograd.Function):
         eps: float,
     ) -> Tensor:
         nd = x.dim()
-        mu_b, var_b, mu_last, var_last, mean_s, var_s = forward_statistics(
-            x, mu, var, alpha_fwd, seen
-        )
+        mu_b, var_b, mu_last, var_last, mean_s, var_s = forward_statistics(x, mu, var, alpha_fwd, seen)
         inv_s = torch.rsqrt(var_b + eps)
         d = mean_s - mu_b
         centered = x.to(inv_s.dtype) - _expand(mu_b, nd)
@@ -114,6 +110,7 @@ class OnlineNormFunction(torch.autograd.Function):
         ctx.state = (u, v)
         ctx.alpha_bkw = alpha_bkw
         ctx.has_bias = bias is not None
+        ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.x_dtype = x.dtype
         return out.to(x.dtype)
 
@@ -151,8 +148,10 @@ class OnlineNormFunction(torch.autograd.Function):
             u.copy_(u_last)
         grad_w = mean_dz_y.sum(0) * size if w is not None and ctx.needs_input_grad[1] else None
         grad_b = mean_dz.sum(0) * size if ctx.has_bias and ctx.needs_input_grad[2] else None
-        grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
-        grad_b = grad_b.to(weight.dtype if weight is not None else grad_b.dtype) if grad_b is not None else None
+        if grad_w is not None:
+            grad_w = grad_w.to(weight.dtype)
+        if grad_b is not None:
+            grad_b = grad_b.to(ctx.bias_dtype)
         return grad_x.to(ctx.x_dtype), grad_w, grad_b, None, None, None, None, None, None, None, None
 
 
@@ -178,9 +177,7 @@ def online_norm(
     in place now, ``u``/``v`` in place during backward. Eval: frozen state, no update.
     """
     if training:
-        return OnlineNormFunction.apply(
-            x, weight, bias, mu, var, u, v, seen, alpha_fwd, alpha_bkw, eps
-        )
+        return OnlineNormFunction.apply(x, weight, bias, mu, var, u, v, seen, alpha_fwd, alpha_bkw, eps)
     cdt = state_dtype(x)
     nd = x.dim()
     shape = (1, -1) + (1,) * (nd - 2)

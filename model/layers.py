@@ -152,7 +152,9 @@ class OnlineNorm(nn.Module):
 
     def _check_input_dim(self, x: Tensor) -> None:
         if x.dim() < self._min_dim or (self._max_dim is not None and x.dim() > self._max_dim):
-            raise ValueError(f"{type(self).__name__} expected {self._dims_text()} input (got {x.dim()}D input)")
+            raise ValueError(
+                f"{type(self).__name__} expected {self._dims_text()} input (got {x.dim()}D input)"
+            )
         if x.shape[1] != self.num_features:
             raise ValueError(
                 f"{type(self).__name__} expected {self.num_features} channels in dim 1 "
