@@ -183,9 +183,13 @@ def online_norm(
     shape = (1, -1) + (1,) * (nd - 2)
     inv_s = torch.rsqrt(var.to(cdt) + eps)
     scale = inv_s if weight is None else inv_s * weight.to(cdt)
-    out = (x.to(cdt) - mu.to(cdt).reshape(shape)) * scale.reshape(shape)
-    if bias is not None:
-        out = out + bias.to(cdt).reshape(shape)
+    centered = x.to(cdt) - mu.to(cdt).reshape(shape)
+    # the same operations as the training path, so a batch-1 training output equals
+    # the eval output bit for bit (the learner's prequential prediction relies on it)
+    if bias is None:
+        out = centered * scale.reshape(shape)
+    else:
+        out = torch.addcmul(bias.to(cdt).reshape(shape), centered, scale.reshape(shape))
     return out.to(x.dtype)
 
 

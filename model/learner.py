@@ -1,0 +1,340 @@
+"""``OnlineLearner``: one optimizer step per sample, prequential, exactly restorable.
+
+What the service drives. Names follow River (``learn_one``, ``predict_one``,
+``learn_many``, ``predict_many``) because every online-learning user knows them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from model.layers import ActivationClamp, LayerScaling, OnlineNorm
+from model.metrics import PrequentialMetrics
+from model.networks import build_network, online_norm_layers
+from model.spec import ModelSpec
+from model.state_io import (
+    dump_state,
+    load_state,
+    optimizer_from_parts,
+    optimizer_to_parts,
+    prefixed,
+    unprefixed,
+)
+
+STATE_FORMAT = 1
+PredictionValue = int | float | list[float]
+
+
+class InvalidSampleError(ValueError):
+    """``x`` or ``y`` does not fit the model's spec; the message names the problem."""
+
+
+class NonFiniteStepError(ArithmeticError):
+    """A step's loss or gradients were not finite; the learner was left as before.
+
+    In :meth:`OnlineLearner.learn_many`, ``index`` is the failing sample and ``results``
+    holds the results of the samples before it, which stay applied.
+    """
+
+    def __init__(self, message: str, index: int = 0, results: list[LearnResult] | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+        self.results = results or []
+
+
+@dataclass(frozen=True)
+class Prediction:
+    prediction: PredictionValue
+    probabilities: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class LearnResult:
+    step: int
+    loss: float
+    prediction: PredictionValue
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` picks CUDA when available; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _make_optimizer(spec: ModelSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    opt = spec.optimizer
+    if opt.kind == "sgd":
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    return torch.optim.Adam(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
+
+
+def _summary(values: Tensor) -> tuple[float, float, float]:
+    return float(values.mean()), float(values.min()), float(values.max())
+
+
+class OnlineLearner:
+    """A network from a spec, trained one sample at a time.
+
+    Every ``learn_*`` call is prequential: the prediction it returns was made before the
+    update. A step whose loss or gradients are not finite is rolled back entirely
+    (weights, optimizer state, ON buffers, metrics) and raises
+    :class:`NonFiniteStepError`. Not thread-safe: callers serialize access.
+    """
+
+    def __init__(self, spec: ModelSpec | Mapping[str, Any], device: str | torch.device = "cpu") -> None:
+        self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec.model_validate(spec)
+        self.device = resolve_device(device)
+        self.network = build_network(self.spec).to(self.device)
+        self._params = [p for p in self.network.parameters() if p.requires_grad]
+        self.optimizer = _make_optimizer(self.spec, self._params)
+        self.metrics = PrequentialMetrics(task=self.spec.task)
+        self.step = 0
+        self._norms = online_norm_layers(self.network)
+        self._state_buffers = [b for _, m in self._norms for b in m.buffers(recurse=False)]
+        self._backup = [b.clone() for b in self._state_buffers]
+        # Within one sample the RNN's ON layers advance once per time step, so its
+        # training-mode output is not the eval-mode prediction; elsewhere it is, exactly.
+        self._train_output_is_prediction = self.spec.network_kind != "rnn"
+        self._classify = self.spec.task == "classification"
+        self._input_shape = tuple(self.spec.input_shape)
+        self._input_size = self.spec.input_size
+
+    # ----------------------------------------------------------------- validation
+    def check_x(self, x: Any) -> Tensor:
+        """``x`` as a float32 tensor of ``input_shape``; accepts nested or flat lists,
+        numpy arrays and tensors. Raises :class:`InvalidSampleError` naming the problem."""
+        try:
+            if isinstance(x, Tensor):
+                t = x.detach().to(device="cpu", dtype=torch.float32)
+            else:
+                t = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidSampleError(f"x must be numbers nested to {list(self._input_shape)}: {exc}") from exc
+        if tuple(t.shape) != self._input_shape:
+            if t.dim() != 1 or t.numel() != self._input_size:
+                raise InvalidSampleError(
+                    f"x has shape {list(t.shape)}; expected {list(self._input_shape)}"
+                    f" (or a flat list of {self._input_size} numbers)"
+                )
+            t = t.reshape(self._input_shape)
+        if not bool(torch.isfinite(t).all()):
+            raise InvalidSampleError("x contains NaN or infinite values (or numbers too large for float32)")
+        return t
+
+    def check_y(self, y: Any) -> Tensor:
+        """``y`` as a tensor: a class index, or ``output_dim`` finite numbers."""
+        if self._classify:
+            return self._check_label(y)
+        size = self.spec.output_size
+        try:
+            t = torch.as_tensor(np.asarray(y, dtype=np.float32)).reshape(-1)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidSampleError(f"y must be a number or a list of {size} numbers: {exc}") from exc
+        if t.numel() != size:
+            raise InvalidSampleError(f"y has {t.numel()} values; this model predicts {size}")
+        if not bool(torch.isfinite(t).all()):
+            raise InvalidSampleError("y contains NaN or infinite values")
+        return t
+
+    def _check_label(self, y: Any) -> Tensor:
+        k = self.spec.output_size
+        if isinstance(y, bool) or not isinstance(y, int | float | np.integer | np.floating):
+            if isinstance(y, Tensor) and y.numel() == 1 and not y.is_floating_point():
+                y = int(y.item())
+            else:
+                raise InvalidSampleError(f"y must be a class index, an integer in [0, {k}) (got {y!r})")
+        if isinstance(y, float | np.floating) and not float(y).is_integer():
+            raise InvalidSampleError(f"y must be a class index, an integer in [0, {k}) (got {y!r})")
+        label = int(y)
+        if not 0 <= label < k:
+            raise InvalidSampleError(f"y = {label} is out of range: classes are 0 .. {k - 1}")
+        return torch.tensor(label, dtype=torch.long)
+
+    # ----------------------------------------------------------------- prediction
+    @torch.no_grad()
+    def _forward_eval(self, xb: Tensor) -> Tensor:
+        self.network.eval()
+        return self.network(xb.to(self.device))
+
+    def _decode(self, out: Tensor, with_probabilities: bool) -> list[Prediction]:
+        out = out.detach().float().cpu()
+        if self._classify:
+            probs = torch.softmax(out, dim=1)
+            labels = probs.argmax(dim=1).tolist()
+            if not with_probabilities:
+                return [Prediction(label) for label in labels]
+            return [Prediction(lab, p) for lab, p in zip(labels, probs.tolist(), strict=True)]
+        values = out.tolist()
+        if self.spec.output_size == 1:
+            return [Prediction(v[0]) for v in values]
+        return [Prediction(v) for v in values]
+
+    def predict_one(self, x: Any) -> Prediction:
+        """Eval-mode prediction (frozen normalizer statistics); changes nothing."""
+        return self._decode(self._forward_eval(self.check_x(x)[None]), with_probabilities=True)[0]
+
+    def predict_many(self, xs: Sequence[Any]) -> list[Prediction]:
+        """Predictions for many samples in one eval-mode forward; changes nothing."""
+        if len(xs) == 0:
+            return []
+        batch = torch.stack([self.check_x(x) for x in xs])
+        return self._decode(self._forward_eval(batch), with_probabilities=True)
+
+    # ------------------------------------------------------------------- learning
+    def learn_one(self, x: Any, y: Any) -> LearnResult:
+        """Predict, then take one optimizer step on ``(x, y)``."""
+        return self._step(self.check_x(x), self.check_y(y))
+
+    def learn_many(self, xs: Sequence[Any], ys: Sequence[Any]) -> list[LearnResult]:
+        """One step per sample, in order. Every sample is validated before any is applied."""
+        if len(xs) != len(ys):
+            raise InvalidSampleError(f"got {len(xs)} inputs but {len(ys)} targets")
+        checked = []
+        for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+            try:
+                checked.append((self.check_x(x), self.check_y(y)))
+            except InvalidSampleError as exc:
+                raise InvalidSampleError(f"sample {i}: {exc}") from exc
+        results: list[LearnResult] = []
+        for i, (xt, yt) in enumerate(checked):
+            try:
+                results.append(self._step(xt, yt))
+            except NonFiniteStepError as exc:
+                raise NonFiniteStepError(f"sample {i}: {exc}", index=i, results=results) from exc
+        return results
+
+    def _save_norm_state(self) -> None:
+        if self._state_buffers:
+            torch._foreach_copy_(self._backup, self._state_buffers)
+
+    def _restore_norm_state(self) -> None:
+        if self._state_buffers:
+            torch._foreach_copy_(self._state_buffers, self._backup)
+
+    def _loss(self, out: Tensor, target: Tensor) -> Tensor:
+        if self._classify:
+            return nn.functional.cross_entropy(out, target)
+        return nn.functional.mse_loss(out, target)
+
+    def _step(self, x: Tensor, y: Tensor) -> LearnResult:
+        xb, yb = x[None].to(self.device), y[None].to(self.device)
+        prediction_out = None if self._train_output_is_prediction else self._forward_eval(xb)
+        self._save_norm_state()
+        self.network.train()
+        out = self.network(xb)
+        loss = self._loss(out, yb)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.spec.optimizer.clip_grad_norm
+        if max_norm is not None:
+            grad_norm = nn.utils.clip_grad_norm_(self._params, max_norm)
+        else:
+            grad_norm = nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
+        loss_value, grad_value = torch.stack((loss.detach().float(), grad_norm.float())).tolist()
+        if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
+            self._restore_norm_state()
+            self.optimizer.zero_grad(set_to_none=True)
+            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+            raise NonFiniteStepError(
+                f"non-finite {what} ({loss_value if what == 'loss' else grad_value}); "
+                "the step was rolled back"
+            )
+        self.optimizer.step()
+        self.step += 1
+        decoded = self._decode(out if prediction_out is None else prediction_out, with_probabilities=False)
+        prediction = decoded[0].prediction
+        if self._classify:
+            score = float(prediction == int(y))
+        else:
+            score = float((torch.as_tensor(prediction, dtype=torch.float32) - y).abs().mean())
+        self.metrics.update(loss_value, score)
+        return LearnResult(step=self.step, loss=loss_value, prediction=prediction)
+
+    # --------------------------------------------------------------- inspection
+    def layer_names(self) -> list[str]:
+        """Names of the ON layers, in forward order."""
+        return [name for name, _ in self._norms]
+
+    def metrics_dict(self) -> dict[str, float | int | None]:
+        return self.metrics.as_dict()
+
+    def norm_stats(self, layer: str | None = None) -> list[dict[str, Any]]:
+        """Per-ON-layer state and health summaries; ``layer`` picks one (``KeyError`` if unknown)."""
+        norms = self._norms
+        if layer is not None:
+            norms = [(n, m) for n, m in norms if n == layer]
+            if not norms:
+                raise KeyError(f"unknown layer {layer!r}; layers: {self.layer_names()}")
+        return [self._layer_stats(name, m) for name, m in norms]
+
+    @staticmethod
+    def _layer_stats(name: str, m: OnlineNorm) -> dict[str, Any]:
+        mu, var, u, v = (t.detach().double().cpu() for t in (m.mu, m.var, m.u, m.v))
+        std = (var + m.eps).sqrt()
+        mu_mean, mu_min, mu_max = _summary(mu)
+        std_mean, std_min, std_max = _summary(std)
+        comp = m.compensation
+        return {
+            "name": name,
+            "num_features": m.num_features,
+            "alpha_fwd": m.alpha_fwd,
+            "alpha_bkw": m.alpha_bkw,
+            "eps": m.eps,
+            "ecm": m.ecm,
+            "samples_tracked": int(m.num_samples_tracked),
+            "mu": mu.tolist(),
+            "var": var.tolist(),
+            "u": u.tolist(),
+            "v": v.tolist(),
+            "summary": {
+                "mu_mean": mu_mean,
+                "mu_min": mu_min,
+                "mu_max": mu_max,
+                "std_mean": std_mean,
+                "std_min": std_min,
+                "std_max": std_max,
+                "u_mean": float(u.mean()),
+                "u_abs_max": float(u.abs().max()),
+                "v_mean": float(v.mean()),
+                "v_abs_max": float(v.abs().max()),
+            },
+            "ls_rms": comp.last_rms() if isinstance(comp, LayerScaling) else None,
+            "clamped_fraction": comp.last_clamped_fraction() if isinstance(comp, ActivationClamp) else None,
+        }
+
+    # -------------------------------------------------------------- persistence
+    def state_bytes(self) -> bytes:
+        """Weights, optimizer state, ON buffers, step and metrics; safetensors + JSON."""
+        opt_tensors, opt_meta = optimizer_to_parts(self.optimizer.state_dict())
+        tensors = {**prefixed(self.network.state_dict(), "net."), **prefixed(opt_tensors, "opt.")}
+        meta = {
+            "format": STATE_FORMAT,
+            "spec": self.spec.model_dump(mode="json"),
+            "step": self.step,
+            "metrics": self.metrics.to_json(),
+            "optimizer": opt_meta,
+        }
+        return dump_state(tensors, meta)
+
+    @classmethod
+    def from_state_bytes(cls, data: bytes, device: str | torch.device = "cpu") -> OnlineLearner:
+        """Rebuild a learner that continues exactly like the one that was saved."""
+        tensors, meta = load_state(data)
+        if meta.get("format") != STATE_FORMAT:
+            raise ValueError(f"unsupported state format {meta.get('format')!r}")
+        learner = cls(meta["spec"], device=device)
+        learner.network.load_state_dict(unprefixed(tensors, "net."), strict=True)
+        learner.optimizer.load_state_dict(
+            optimizer_from_parts(unprefixed(tensors, "opt."), meta["optimizer"])
+        )
+        learner.step = int(meta["step"])
+        learner.metrics = PrequentialMetrics.from_json(meta["metrics"])
+        return learner
