@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/onlinenorm serve
+	$(BIN)/python -m service
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -68,9 +68,16 @@ class MLP(nn.Module):
             width = hidden
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(width, spec.output_size)
+        self.skip: nn.Linear | None = None
+        if spec.network.skip:
+            # starts at zero so the first predictions come from the deep path's init alone
+            self.skip = nn.Linear(spec.input_size, spec.output_size, bias=False)
+            nn.init.zeros_(self.skip.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.blocks(self.input_norm(x.flatten(1))))
+        h = self.input_norm(x.flatten(1))
+        out = self.head(self.blocks(h))
+        return out if self.skip is None else out + self.skip(h)
 
 
 class CNN(nn.Module):
@@ -154,6 +161,12 @@ def build_network(spec: ModelSpec) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         return cls(spec)
+
+
+def skip_parameters(network: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the linear skip path, which train with a larger learning rate."""
+    skip = getattr(network, "skip", None)
+    return list(skip.parameters()) if isinstance(skip, nn.Module) else []
 
 
 def online_norm_layers(network: nn.Module) -> list[tuple[str, OnlineNorm]]:

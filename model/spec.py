@@ -37,6 +37,11 @@ class NetworkSpec(_Strict):
         description="mlp: widths of the hidden layers; rnn: hidden size of each stacked layer",
     )
     channels: list[int] = Field(default_factory=lambda: [16, 32], description="cnn: channels per block")
+    skip: bool = Field(
+        True,
+        description="mlp: add a linear path from the standardized inputs to the output (wide & deep): "
+        "it learns fast from the first samples while the deep path catches up",
+    )
     input_norm: Literal["online", "none"] = Field(
         "online",
         description="standardize raw inputs with a (warmed-up) Online Normalization, so feature "
@@ -73,6 +78,9 @@ class OptimizerSpec(_Strict):
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
     betas: tuple[float, float] = Field((0.9, 0.999), description="adam only")
     weight_decay: float = Field(0.0, ge=0.0)
+    skip_lr_scale: float = Field(
+        5.0, gt=0.0, le=100.0, description="learning-rate multiplier of the mlp's linear skip path"
+    )
     clip_grad_norm: float | None = Field(5.0, gt=0.0, description="per-step gradient norm cap; null: none")
 
     @field_validator("betas")
