@@ -90,7 +90,7 @@ def test_every_network_kind_builds_and_runs(shape: list[int], kind: str, norm: s
             "num_classes": 5,
             "network": {"kind": kind},
             "norm": {"kind": norm},
-        }  # fmt: skip
+        }
     )
     net = build_network(spec)
     out = net(torch.randn(4, *shape))
