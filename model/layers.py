@@ -6,6 +6,7 @@ The maths is in :mod:`model.functional`; these classes register the buffers ``mu
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -105,8 +106,9 @@ class OnlineNorm(nn.Module):
         for name, alpha in (("alpha_fwd", alpha_fwd), ("alpha_bkw", alpha_bkw)):
             if not 0.0 < alpha < 1.0:
                 raise ValueError(f"{name} must lie in (0, 1) (got {alpha})")
-        if eps <= 0:
-            raise ValueError(f"eps must be positive (got {eps})")
+        for name, value in (("eps", eps), ("ls_eps", ls_eps)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be positive and finite (got {value})")
         if ecm not in ("ls", "ac", None):
             raise ValueError(f"ecm must be 'ls', 'ac' or None (got {ecm!r})")
         self.num_features = num_features
@@ -191,12 +193,17 @@ class OnlineNorm(nn.Module):
         return self.compensation(h)
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-        """Keep the state in float32 when the module is cast to half precision."""
+        """Keep the state in float32 when the module is cast to half precision.
+
+        The state is kept aside *before* the cast: rounding it through half would lose
+        precision and turn variances above 65504 into ``inf``.
+        """
+        kept = {name: getattr(self, name) for name in _STATE}
         super()._apply(fn, recurse)
-        for name in _STATE:
+        for name, old in kept.items():
             buf = getattr(self, name)
             if buf.dtype in (torch.float16, torch.bfloat16):
-                setattr(self, name, buf.float())
+                setattr(self, name, old.to(device=buf.device, dtype=torch.float32))
         return self
 
     def extra_repr(self) -> str:
