@@ -1,0 +1,391 @@
+"""``onlinenorm``: the command line over the SDK. It speaks HTTP only; ``serve`` starts
+the service as a subprocess and never imports it."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from clients._base import DEFAULT_BASE_URL, DEFAULT_BATCH_SIZE, ENV_API_KEY, ENV_URL
+from clients._render import metrics_table, models_table, stats_table
+from clients.client import Client
+from clients.errors import APIConnectionError, APIError
+from clients.files import open_samples
+
+app = typer.Typer(help="Train neural networks online over HTTP, one sample at a time.", no_args_is_help=True)
+models_app = typer.Typer(help="Create, list, show and delete models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _out() -> Console:
+    """A console per use, so the terminal width (``COLUMNS``) is read when printing."""
+    return Console(soft_wrap=True)
+
+
+def _err() -> Console:
+    return Console(stderr=True, soft_wrap=True)
+
+
+NORM_KINDS = ("online", "layer", "none")
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Option(envvar=ENV_URL, help="the service's base URL")] = DEFAULT_BASE_URL,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar=ENV_API_KEY, help="sent as 'Authorization: Bearer'", show_default=False),
+    ] = None,
+) -> None:
+    ctx.obj = {"url": url, "api_key": api_key}
+
+
+@contextlib.contextmanager
+def _client(ctx: typer.Context) -> Iterator[Client]:
+    """A client for the global options; any SDK error becomes a message and exit code 1."""
+    try:
+        with Client(ctx.obj["url"], ctx.obj["api_key"]) as client:
+            yield client
+    except APIConnectionError as exc:
+        _err().print(
+            f"[red]error:[/] cannot reach the service at {escape(ctx.obj['url'])}: {escape(exc.message)}"
+        )
+        raise typer.Exit(1) from None
+    except APIError as exc:
+        _err().print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+
+
+def _fail(message: str) -> typer.Exit:
+    _err().print(f"[red]error:[/] {escape(message)}")
+    return typer.Exit(2)
+
+
+# ---------------------------------------------------------------------------- serve
+#: ``python -m service`` (DESIGN.md): uvicorn with the host, port and log level of the
+#: ``ONLINENORM_*`` settings; one process, since each model has exactly one writer.
+SERVE_COMMAND = (sys.executable, "-m", "service")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to bind; 0.0.0.0 exposes it")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(envvar="REDIS_URL", help="Redis to use; unset: an embedded one under --data-dir"),
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where the embedded Redis persists")] = None,
+    key_prefix: Annotated[str | None, typer.Option(help="prefix of every Redis key")] = None,
+    log_level: Annotated[str, typer.Option(help=", ".join(LOG_LEVELS))] = "info",
+) -> None:
+    """Start the service (python -m service) and wait for it; Ctrl-C stops it."""
+    if log_level not in LOG_LEVELS:
+        raise _fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+    env = dict(os.environ, ONLINENORM_HOST=host, ONLINENORM_PORT=str(port), ONLINENORM_LOG_LEVEL=log_level)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    else:
+        env.pop("REDIS_URL", None)
+        env.pop("ONLINENORM_REDIS_URL", None)
+    if data_dir is not None:
+        env["ONLINENORM_DATA_DIR"] = str(data_dir)
+    if key_prefix is not None:
+        env["ONLINENORM_KEY_PREFIX"] = key_prefix
+    where = redis_url or f"embedded Redis under {data_dir or env.get('ONLINENORM_DATA_DIR', 'data')}"
+    _err().print(escape(f"serving on http://{host}:{port} with {where}"))
+    child = subprocess.Popen(SERVE_COMMAND, env=env)
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:  # docker stop, systemd: pass it on
+        nonlocal stopping
+        stopping = True
+        child.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        code = child.wait()
+    except KeyboardInterrupt:  # the child got the same SIGINT: give it time to snapshot
+        stopping = True
+        try:
+            code = child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            code = child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    # uvicorn re-raises the signal it stopped on: after a requested stop that is success.
+    if stopping and code in (0, -signal.SIGTERM, -signal.SIGINT):
+        code = 0
+    raise typer.Exit(code if code >= 0 else 128 - code)
+
+
+# --------------------------------------------------------------------------- models
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace("x", ",").split(",") if part.strip()]
+    except ValueError:
+        raise _fail(f"expected comma-separated integers, got {text!r}") from None
+
+
+@models_app.command("create")
+def models_create(
+    ctx: typer.Context,
+    spec_file: Annotated[
+        Path | None, typer.Argument(help="JSON spec ('-' for stdin); flags override its fields")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="model name")] = None,
+    task: Annotated[str | None, typer.Option(help="classification or regression")] = None,
+    input_shape: Annotated[str | None, typer.Option(help="e.g. 64, or 1,28,28")] = None,
+    num_classes: Annotated[int | None, typer.Option(help="classification: number of classes")] = None,
+    output_dim: Annotated[int | None, typer.Option(help="regression: number of outputs")] = None,
+    norm: Annotated[str | None, typer.Option(help="online, layer or none")] = None,
+    hidden: Annotated[str | None, typer.Option(help="hidden widths, e.g. 128,64")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd or adam")] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
+    seed: Annotated[int | None, typer.Option(help="initialization seed")] = None,
+) -> None:
+    """Create a model from a JSON spec file and/or flags."""
+    spec: dict[str, Any] = {}
+    if spec_file is not None:
+        try:
+            text = sys.stdin.read() if str(spec_file) == "-" else spec_file.read_text()
+            spec = json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise _fail(f"cannot read the spec {spec_file}: {exc}") from None
+        if not isinstance(spec, dict):
+            raise _fail("the spec must be a JSON object")
+    if norm is not None and norm not in NORM_KINDS:
+        raise _fail(f"--norm must be one of {', '.join(NORM_KINDS)}")
+    flags = {
+        "name": name,
+        "task": task,
+        "input_shape": _int_list(input_shape) if input_shape else None,
+        "num_classes": num_classes,
+        "output_dim": output_dim,
+        "seed": seed,
+    }
+    spec.update({k: v for k, v in flags.items() if v is not None})
+    for section, key, value in (
+        ("norm", "kind", norm),
+        ("network", "hidden", _int_list(hidden) if hidden else None),
+        ("optimizer", "kind", optimizer),
+        ("optimizer", "lr", lr),
+    ):
+        if value is not None:
+            spec[section] = {**spec.get(section, {}), key: value}
+    with _client(ctx) as client:
+        model = client.create_model(spec)
+    _out().print(
+        f"created model [bold]{escape(model.name)}[/] ({model.task}, ON layers: {len(model.layers)})"
+    )
+
+
+@models_app.command("list")
+def models_list(ctx: typer.Context) -> None:
+    """List every model."""
+    with _client(ctx) as client:
+        _out().print(models_table(client.list_models()))
+
+
+@models_app.command("show")
+def models_show(ctx: typer.Context, name: str) -> None:
+    """Show a model's spec, step and timestamps as JSON."""
+    with _client(ctx) as client:
+        model = client.get_model(name)
+    _out().print_json(model.model_dump_json())
+
+
+@models_app.command("delete")
+def models_delete(
+    ctx: typer.Context,
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+) -> None:
+    """Delete a model and everything it learned."""
+    if not yes:
+        typer.confirm(f"delete model {name!r} and everything it learned?", abort=True)
+    with _client(ctx) as client:
+        client.delete_model(name)
+    _out().print(f"deleted model [bold]{escape(name)}[/]")
+
+
+# ---------------------------------------------------------------------- learn/predict
+LabelOption = Annotated[
+    str | None,
+    typer.Option(help="label column (CSV: name or index), array (NPZ) or field (JSON lines)"),
+]
+FormatOption = Annotated[
+    str | None, typer.Option("--format", help="csv, npz or jsonl; default: by extension")
+]
+FileArgument = Annotated[Path, typer.Argument(help="CSV, NPZ or JSON-lines samples")]
+BatchSizeOption = Annotated[int, typer.Option(min=1, help="samples per request")]
+
+
+@contextlib.contextmanager
+def _bad_input() -> Iterator[None]:
+    """A malformed file (or a value in it) ends the command with its message, exit code 2."""
+    try:
+        yield
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+class _Running:
+    """Prequential accuracy and mean loss over what this run has learned."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.correct = 0
+        self.loss_sum = 0.0
+
+    def add(self, ys: list[Any], results: list[Any]) -> None:
+        for y, r in zip(ys, results, strict=True):
+            self.count += 1
+            self.correct += r.prediction == y
+            self.loss_sum += r.loss or 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.count if self.count else 0.0
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.count if self.count else 0.0
+
+
+def _batches(pairs: Iterator[tuple[Any, Any]], size: int) -> Iterator[tuple[list[Any], list[Any]]]:
+    while chunk := list(itertools.islice(pairs, size)):
+        yield [x for x, _ in chunk], [y for _, y in chunk]
+
+
+@app.command()
+def learn(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="the model to train")],
+    file: FileArgument,
+    label: LabelOption = None,
+    fmt: FormatOption = None,
+    batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
+) -> None:
+    """Stream a file into a model, one step per sample, in file order."""
+    with _bad_input():
+        samples = open_samples(file, label=label, labelled=True, fmt=fmt)
+    running = _Running()
+    with _client(ctx) as client:
+        classify = client.get_model(name).task == "classification"
+        columns = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>8.0f} samples/s"),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+        ]
+        if classify:
+            columns.append(TextColumn("acc {task.fields[acc]:.4f}"))
+        started = time.perf_counter()
+        with Progress(*columns, TimeElapsedColumn(), console=_err()) as progress:
+            bar = progress.add_task(f"learn {name}", total=samples.total, rate=0.0, loss=0.0, acc=0.0)
+            with _bad_input():
+                for xs, ys in _batches(samples.pairs(), batch_size):
+                    results = client.learn_many(name, xs, ys, batch_size=batch_size)
+                    running.add(ys, results)
+                    rate = running.count / max(time.perf_counter() - started, 1e-9)
+                    progress.update(
+                        bar, advance=len(results), rate=rate, loss=running.loss, acc=running.accuracy
+                    )
+    elapsed = time.perf_counter() - started
+    summary = f"learned {running.count} samples in {elapsed:.1f} s, mean loss {running.loss:.4f}"
+    if classify:
+        summary += f", prequential accuracy {running.accuracy:.4f}"
+    _out().print(summary)
+
+
+@app.command()
+def predict(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="the model to ask")],
+    file: FileArgument,
+    label: LabelOption = None,
+    fmt: FormatOption = None,
+    batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
+) -> None:
+    """Print one JSON prediction per sample (a label column, if found, is left out and scored)."""
+    with _bad_input():
+        samples = open_samples(file, label=label, labelled=False, fmt=fmt)
+    correct = total = 0
+    with _client(ctx) as client, _bad_input():
+        for xs, ys in _batches(samples.pairs(), batch_size):
+            for p, y in zip(client.predict_many(name, xs, batch_size=batch_size), ys, strict=True):
+                sys.stdout.write(json.dumps(p.model_dump(include={"prediction", "probabilities"})) + "\n")
+                total += 1
+                correct += y is not None and p.prediction == y
+    if samples.label is not None and total:
+        _err().print(f"accuracy {correct / total:.4f} on {total} samples (label {samples.label!r})")
+
+
+# ------------------------------------------------------------------ stats/metrics
+@app.command()
+def stats(
+    ctx: typer.Context,
+    name: str,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="refresh live until Ctrl-C")] = False,
+    interval: Annotated[float, typer.Option(min=0.05, help="seconds between refreshes")] = 1.0,
+    count: Annotated[int, typer.Option(min=0, help="--watch: stop after this many refreshes (0: never)")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw answer")] = False,
+) -> None:
+    """Per-layer Online Normalization statistics: drift of mu and std, ls_rms, samples."""
+    with _client(ctx) as client:
+        if as_json:
+            _out().print_json(client.stats(name).model_dump_json())
+            return
+        if not watch:
+            _out().print(stats_table(name, client.stats(name)))
+            return
+        with contextlib.suppress(KeyboardInterrupt), Live(console=_out(), auto_refresh=False) as live:
+            for refresh in itertools.count(1):
+                live.update(stats_table(name, client.stats(name)), refresh=True)
+                if count and refresh >= count:
+                    break
+                time.sleep(interval)
+
+
+@app.command()
+def metrics(
+    ctx: typer.Context,
+    name: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw answer")] = False,
+) -> None:
+    """Prequential metrics: loss and accuracy (or MAE) of predictions made before learning."""
+    with _client(ctx) as client:
+        answer = client.metrics(name)
+    if as_json:
+        _out().print_json(answer.model_dump_json())
+    else:
+        _out().print(metrics_table(name, answer))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
