@@ -1,0 +1,143 @@
+"""Fast request-body handling for the hot routes: orjson parsing (which refuses the
+``NaN``/``Infinity`` tokens that Python's json accepts), structural checks with
+messages that name the problem, and sample validation by the model's own learner,
+without building a pydantic object per number."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import Request
+from torch import Tensor
+
+from model.learner import InvalidSampleError, OnlineLearner
+from service.errors import InvalidInputError, PayloadTooLargeError
+from service.idempotency import KEY_PATTERN
+
+T = TypeVar("T")
+#: Validate inline below this many numbers; above it, in a worker thread.
+_INLINE_NUMBERS = 16384
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
+    if not body:
+        raise InvalidInputError("empty body: expected a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInputError(f"malformed JSON (NaN and Infinity are not JSON): {exc}") from exc
+
+
+def _object(value: Any, fields: tuple[str, ...], where: str) -> dict[str, Any]:
+    expected = " and ".join(repr(f) for f in fields)
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{where} must be a JSON object with {expected} (got {type(value).__name__})")
+    for name in fields:
+        if name not in value:
+            raise InvalidInputError(f"{where} is missing {name!r}")
+    for name in value:
+        if name not in fields:
+            raise InvalidInputError(f"{where} has an unknown field {name!r} (expected {expected})")
+    return value
+
+
+def sample_fields(body: Any, fields: tuple[str, ...]) -> list[Any]:
+    """``{"x": .., "y": ..}`` -> ``[x, y]``."""
+    obj = _object(body, fields, "body")
+    return [obj[f] for f in fields]
+
+
+def batch_fields(body: Any, fields: tuple[str, ...], max_samples: int) -> list[list[Any]]:
+    """``{"samples": [{"x": .., "y": ..}, ...]}`` -> ``[[x, y], ...]``."""
+    samples = _object(body, ("samples",), "body")["samples"]
+    if not isinstance(samples, list):
+        raise InvalidInputError(f"'samples' must be a list (got {type(samples).__name__})")
+    if not samples:
+        raise InvalidInputError("'samples' is empty")
+    if len(samples) > max_samples:
+        raise PayloadTooLargeError(f"{len(samples)} samples in one batch; the limit is {max_samples}")
+    out = []
+    for i, item in enumerate(samples):
+        obj = _object(item, fields, f"samples[{i}]")
+        out.append([obj[f] for f in fields])
+    return out
+
+
+_NUMBER_TYPES = (int, float)
+
+
+def _non_number(value: Any, path: str) -> str | None:
+    """Where JSON that should hold only numbers holds something else (a string, a
+    boolean, null, an object): numpy would quietly convert some of those."""
+    if type(value) in _NUMBER_TYPES:
+        return None
+    if type(value) is list:
+        if all(type(v) in _NUMBER_TYPES for v in value):
+            return None
+        for i, v in enumerate(value):
+            found = _non_number(v, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    kind = (
+        "null"
+        if value is None
+        else {"str": "a string", "bool": "a boolean", "dict": "an object"}.get(
+            type(value).__name__, type(value).__name__
+        )
+    )
+    return f"{kind} at {path}"
+
+
+def _check_one(value: Any, name: str, where: str, check: Callable[[Any], Tensor]) -> Tensor:
+    problem = _non_number(value, name)
+    if problem:
+        raise InvalidInputError(f"{where}{name} must hold only numbers (got {problem})")
+    try:
+        return check(value)
+    except InvalidSampleError as exc:
+        message = str(exc)  # model/ names the field first ("x has shape ..."); if not, say which
+        raise InvalidInputError(
+            f"{where}{message if message.startswith(name) else f'{name}: {message}'}"
+        ) from exc
+
+
+def _check(
+    learner: OnlineLearner, samples: list[list[Any]], with_y: bool, batch: bool
+) -> tuple[list[Tensor], list[Tensor]]:
+    xs: list[Tensor] = []
+    ys: list[Tensor] = []
+    for i, sample in enumerate(samples):
+        where = f"samples[{i}]." if batch else ""
+        xs.append(_check_one(sample[0], "x", where, learner.check_x))
+        if with_y:
+            ys.append(_check_one(sample[1], "y", where, learner.check_y))
+    return xs, ys
+
+
+async def _maybe_in_thread(numbers: int, fn: Callable[..., T], *args: Any) -> T:
+    if numbers <= _INLINE_NUMBERS:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
+
+
+async def check_samples(
+    learner: OnlineLearner, samples: list[list[Any]], *, with_y: bool, batch: bool
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Validate every sample against the model's spec (``check_x`` / ``check_y`` are pure)
+    before anything is queued; the message names the sample and the problem."""
+    return await _maybe_in_thread(
+        len(samples) * learner.spec.input_size, _check, learner, samples, with_y, batch
+    )
+
+
+def idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not KEY_PATTERN.match(value):
+        raise InvalidInputError("Idempotency-Key must be 1 to 255 printable ASCII characters without spaces")
+    return value

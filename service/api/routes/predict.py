@@ -1,0 +1,75 @@
+"""Predict: eval mode (frozen normalizer statistics), no state change, served from memory
+(so predictions keep working while Redis is unreachable)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from model.learner import Prediction
+from service.api import bodies
+from service.api.deps import ModelDep, ReadAccess, SettingsDep
+from service.api.schemas import (
+    PREDICT_BATCH_EXAMPLES,
+    PREDICT_EXAMPLES,
+    ErrorBody,
+    PredictBatchRequest,
+    PredictBatchResponse,
+    PredictRequest,
+    PredictResponse,
+    json_body,
+)
+from service.errors import json_response
+
+router = APIRouter(prefix="/v1/models/{name}", tags=["predict"], dependencies=[ReadAccess])
+
+_FIELDS = ("x",)
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or invalid API key"},
+    404: {"model": ErrorBody, "description": "no such model"},
+    413: {"model": ErrorBody, "description": "body or batch over the limit"},
+    422: {"model": ErrorBody, "description": "invalid body or sample"},
+}
+
+
+def _item(p: Prediction) -> dict[str, Any]:
+    if p.probabilities is None:
+        return {"prediction": p.prediction}
+    return {"prediction": p.prediction, "probabilities": p.probabilities}
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=_RESPONSES,
+    openapi_extra=json_body(PredictRequest, PREDICT_EXAMPLES),
+)
+async def predict_sample(handle: ModelDep, request: Request) -> Response:
+    """Predict one sample (+ class probabilities for classification)."""
+    started = time.perf_counter()
+    sample = bodies.sample_fields(await bodies.read_json(request), _FIELDS)
+    xs, _ = await bodies.check_samples(handle.model.learner, [sample], with_y=False, batch=False)
+    step, prediction = await asyncio.to_thread(handle.model.predict_one, xs[0])
+    handle.model.predict_latency.record(time.perf_counter() - started)
+    return json_response(200, {**_item(prediction), "step": step})
+
+
+@router.post(
+    "/predict/batch",
+    response_model=PredictBatchResponse,
+    responses=_RESPONSES,
+    openapi_extra=json_body(PredictBatchRequest, PREDICT_BATCH_EXAMPLES),
+)
+async def predict_batch(handle: ModelDep, request: Request, settings: SettingsDep) -> Response:
+    """Predict many samples in one eval-mode forward pass."""
+    started = time.perf_counter()
+    body = await bodies.read_json(request)
+    samples = bodies.batch_fields(body, _FIELDS, settings.MAX_BATCH_SAMPLES)
+    xs, _ = await bodies.check_samples(handle.model.learner, samples, with_y=False, batch=True)
+    step, predictions = await asyncio.to_thread(handle.model.predict, xs)
+    handle.model.predict_latency.record(time.perf_counter() - started)
+    return json_response(200, {"step": step, "predictions": [_item(p) for p in predictions]})

@@ -1,0 +1,44 @@
+"""Inspection: the normalizer statistics of every ON layer, and prequential metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from starlette.responses import Response
+
+from service.api.deps import ModelDep, ReadAccess
+from service.api.schemas import ErrorBody, MetricsResponse, StatsResponse
+from service.errors import NotFoundError, json_response
+
+router = APIRouter(prefix="/v1/models/{name}", tags=["inspect"], dependencies=[ReadAccess])
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or invalid API key"},
+    404: {"model": ErrorBody, "description": "no such model, or no such layer"},
+}
+
+
+@router.get("/stats", response_model=StatsResponse, responses=_RESPONSES)
+async def read_stats(
+    handle: ModelDep,
+    layer: Annotated[str | None, Query(description="one layer's name (see the model's 'layers')")] = None,
+) -> Response:
+    """Every ON layer's mu, var, u, v, alphas, summaries and live layer-scaling RMS."""
+    try:
+        step, layers = await asyncio.to_thread(handle.model.read_stats, layer)
+    except KeyError:
+        raise NotFoundError(
+            f"model {handle.model.name!r} has no ON layer {layer!r}; its layers are {handle.model.layers}"
+        ) from None
+    return json_response(200, {"step": step, "layers": layers})
+
+
+@router.get("/metrics", response_model=MetricsResponse, responses=_RESPONSES)
+async def read_metrics(handle: ModelDep) -> Response:
+    """Prequential metrics (samples seen, loss, accuracy or MAE) and learn/predict latency."""
+    model = handle.model
+    step, metrics = await asyncio.to_thread(model.read_metrics)
+    latency = {"learn": model.learn_latency.summary(), "predict": model.predict_latency.summary()}
+    return json_response(200, {"step": step, **metrics, "latency": latency})

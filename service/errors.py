@@ -1,0 +1,108 @@
+"""One exception hierarchy for the service, and the handlers that turn every error into
+``{"detail": "<what went wrong>", ...}`` JSON with the right status."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An error with an HTTP status and a message for the client; ``extra`` joins the body."""
+
+    status_code = 500
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+        self.extra = extra
+
+
+class InvalidInputError(ServiceError):
+    """The request body, a sample, or a spec does not fit: nothing was changed."""
+
+    status_code = 422
+
+
+class NonFiniteStepRejected(InvalidInputError):
+    """A training step had a non-finite loss or gradient and was rolled back."""
+
+
+class NotFoundError(ServiceError):
+    status_code = 404
+
+
+class ConflictError(ServiceError):
+    status_code = 409
+
+
+class PayloadTooLargeError(ServiceError):
+    status_code = 413
+
+
+class UnauthorizedError(ServiceError):
+    status_code = 401
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class ForbiddenError(ServiceError):
+    status_code = 403
+
+
+class UnavailableError(ServiceError):
+    """Redis cannot be reached: nothing was logged, so nothing was applied. Safe to retry."""
+
+    status_code = 503
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "1"})
+
+
+def json_response(status_code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """A JSON response serialized by orjson (fast; refuses NaN by writing null)."""
+    return Response(
+        orjson.dumps(body), status_code=status_code, media_type="application/json", headers=headers
+    )
+
+
+def _readable(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        msg = str(err.get("msg", "invalid"))
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts) or "invalid request"
+
+
+async def _service_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    return json_response(exc.status_code, {"detail": exc.detail, **exc.extra}, exc.headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in exc.errors()]
+    return json_response(422, {"detail": _readable(errors), "errors": errors})
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return json_response(exc.status_code, {"detail": str(exc.detail)}, exc.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error the API raises answers JSON with a ``detail`` string."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,0 +1,168 @@
+"""A model in memory: its learner behind one lock, and everything that touches it.
+
+The learner is not thread-safe and its work runs in worker threads, so every call
+into it holds :attr:`LiveModel.lock`: the writer while it applies a request, readers
+while they predict or read statistics. A prediction therefore sees the model before
+or after a step, never in the middle of one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from model.learner import LearnResult, NonFiniteStepError, OnlineLearner, Prediction
+from model.spec import ModelSpec
+from service.store.log import LearnEntry, Rollback, parse_id
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one learn request did: the results of the samples applied, in order, and,
+    if a step was not finite, the index of that sample (it and those after it were not
+    applied) and the reason."""
+
+    kind: str
+    step: int
+    results: list[LearnResult]
+    error: str | None = None
+    failed_index: int | None = None
+
+    @property
+    def applied(self) -> int:
+        return len(self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "step": self.step,
+            "results": [[r.step, r.loss, r.prediction] for r in self.results],
+            "error": self.error,
+            "failed_index": self.failed_index,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Outcome:
+        return cls(
+            kind=data["kind"],
+            step=data["step"],
+            results=[LearnResult(step=s, loss=loss, prediction=p) for s, loss, p in data["results"]],
+            error=data["error"],
+            failed_index=data["failed_index"],
+        )
+
+
+@dataclass
+class LatencyWindow:
+    """Latencies of the last ``size`` calls, for the model's ``metrics`` endpoint."""
+
+    size: int = 1024
+    count: int = 0
+    _window: deque[float] = field(default_factory=deque)
+
+    def record(self, seconds: float) -> None:
+        self.count += 1
+        self._window.append(seconds)
+        if len(self._window) > self.size:
+            self._window.popleft()
+
+    def summary(self) -> dict[str, float | int | None]:
+        values = sorted(self._window)
+        if not values:
+            return {"count": self.count, "mean_ms": None, "p50_ms": None, "p99_ms": None}
+
+        def pct(q: float) -> float:
+            return values[min(len(values) - 1, int(q * len(values)))] * 1e3
+
+        return {
+            "count": self.count,
+            "mean_ms": sum(values) / len(values) * 1e3,
+            "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99),
+        }
+
+
+class LiveModel:
+    """One model's learner, lock, timestamps and latency windows."""
+
+    def __init__(
+        self, name: str, learner: OnlineLearner, created_at: float, updated_at: float | None = None
+    ) -> None:
+        self.name = name
+        self.learner = learner
+        self.lock = threading.Lock()
+        self.created_at = created_at
+        self.updated_at = updated_at
+        self.learn_latency = LatencyWindow()
+        self.predict_latency = LatencyWindow()
+        self._layers = learner.layer_names()
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.learner.spec
+
+    @property
+    def step(self) -> int:
+        return self.learner.step
+
+    @property
+    def layers(self) -> list[str]:
+        return self._layers
+
+    # Everything below blocks (torch work): call it from a worker thread.
+    def apply(self, kind: str, xs: Sequence[Any], ys: Sequence[Any], at: float | None = None) -> Outcome:
+        """One optimizer step per sample, in order; stops at a non-finite step, which is
+        rolled back (the samples before it stay applied)."""
+        with self.lock:
+            try:
+                results = self.learner.learn_many(xs, ys)
+                outcome = Outcome(kind, self.learner.step, results)
+            except NonFiniteStepError as exc:
+                outcome = Outcome(kind, self.learner.step, exc.results, str(exc), exc.index)
+        if outcome.results:
+            self.updated_at = time.time() if at is None else at
+        return outcome
+
+    def replay(self, entries: list[LearnEntry], rollbacks: dict[str, Rollback]) -> list[Outcome]:
+        """Apply logged requests exactly as they were applied live: an entry with a
+        recorded rollback applies only the samples that took effect then."""
+        outcomes = []
+        for entry in entries:
+            samples = entry.samples
+            rollback = rollbacks.get(entry.id)
+            if rollback is not None:
+                samples = samples[: rollback.applied]
+            at = parse_id(entry.id)[0] / 1000.0
+            if samples:
+                outcome = self.apply(entry.kind, [s[0] for s in samples], [s[1] for s in samples], at)
+            else:
+                outcome = Outcome(entry.kind, self.learner.step, [])
+            if rollback is not None and outcome.error is None:
+                outcome = replace(outcome, error=rollback.error, failed_index=rollback.applied)
+            outcomes.append(outcome)
+        return outcomes
+
+    def predict(self, xs: Sequence[Any]) -> tuple[int, list[Prediction]]:
+        with self.lock:
+            return self.learner.step, self.learner.predict_many(xs)
+
+    def predict_one(self, x: Any) -> tuple[int, Prediction]:
+        with self.lock:
+            return self.learner.step, self.learner.predict_one(x)
+
+    def read_stats(self, layer: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """``KeyError`` for an unknown layer."""
+        with self.lock:
+            return self.learner.step, self.learner.norm_stats(layer)
+
+    def read_metrics(self) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            return self.learner.step, self.learner.metrics_dict()
+
+    def state_bytes(self) -> tuple[int, bytes]:
+        with self.lock:
+            return self.learner.step, self.learner.state_bytes()

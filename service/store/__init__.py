@@ -1,0 +1,1 @@
+"""Redis persistence: key names, connections, the write-ahead log, snapshots, stats."""
