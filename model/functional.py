@@ -6,6 +6,12 @@ activation clamping. Modules in :mod:`model.layers` only hold parameters and buf
 and call these functions, like ``torch.nn.functional.batch_norm``.
 
 Shapes: ``x`` is ``(N, C, *S)``; every statistic and state tensor is ``(C,)``.
+
+Speed notes (see ``benchmarks/bench_norm.py``): at small sizes the cost is the number
+of tensor operations (a few microseconds of dispatch each), at large sizes the number of
+passes over ``(N, C, *S)`` memory and of fresh large allocations (page faults). The
+training path therefore works on ``(N, C)`` summaries wherever it can, makes four passes
+over the input forward and five backward, and reuses one backward buffer.
 """
 
 from __future__ import annotations
@@ -21,9 +27,25 @@ def state_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype``; no dispatcher call in the common case where it already is."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _expand(t: Tensor, ndim: int) -> Tensor:
-    """``(N, C)`` -> ``(N, C, 1, ...)`` to broadcast over ``ndim``-dim inputs."""
-    return t.reshape(t.shape + (1,) * (ndim - 2))
+    """``(N, C)`` -> ``(N, C, 1, ...)`` (or ``(C,)`` -> ``(C, 1, ...)``) to broadcast over
+    ``(N, C, *S)`` inputs of ``ndim`` dims."""
+    return t if ndim == 2 else t.view(t.shape + (1,) * (ndim - 2))
+
+
+def _spatial_mean(t: Tensor, dims: tuple[int, ...], size: int) -> Tensor:
+    """``mean_S(t)``; ``sum * (1 / size)`` costs fewer dispatches than ``mean`` on CPU."""
+    return t.sum(dims).mul_(1.0 / size)
+
+
+def _spatial_mean_square(t: Tensor, dims: tuple[int, ...], size: int) -> Tensor:
+    """``mean_S(t**2)`` in one read of ``t`` and no temporary of its size."""
+    return torch.linalg.vector_norm(t, 2, dims).square_().mul_(1.0 / size)
 
 
 def _forward_coefficient(alpha_fwd: float, n: int, seen: Tensor | None, dtype: torch.dtype) -> float | Tensor:
@@ -48,20 +70,115 @@ def forward_statistics(
     Returns ``(mu_before, var_before, mu_last, var_last, mean_s, var_s)``: the first two
     are ``(N, C)`` (the state sample ``n`` sees), the next two ``(C,)`` (the state after
     the batch), the last two ``(N, C)`` spatial mean and variance of each sample.
+
+    This is the plain statement of the forward recurrences; the training path
+    (:class:`OnlineNormFunction`) computes the same quantities in fewer passes.
     """
     cdt = state_dtype(x)
-    xc = x.to(cdt)
+    xc = _as(x, cdt)
     if x.dim() > 2:
         var_s, mean_s = torch.var_mean(xc, dim=tuple(range(2, x.dim())), correction=0)
     else:
         mean_s, var_s = xc, torch.zeros_like(xc)
     a = _forward_coefficient(alpha_fwd, x.shape[0], seen, cdt)
-    mu0, var0 = mu.to(cdt), var.to(cdt)
-    mu_before, mu_last = linear_scan(a, (1 - a) * mean_s, mu0)
+    mu_before, mu_last = linear_scan(a, (1 - a) * mean_s, _as(mu, cdt))
     d = mean_s - mu_before
     var_in = (1 - a) * (var_s + a * d * d)
-    var_before, var_last = linear_scan(a, var_in, var0)
+    var_before, var_last = linear_scan(a, var_in, _as(var, cdt))
     return mu_before, var_before, mu_last, var_last, mean_s, var_s
+
+
+def _variance_input(a: float | Tensor, msq: Tensor, d: Tensor | None, out: Tensor) -> Tensor:
+    """``(1 - a) * (var_S + a * d**2)``, the input of the variance recurrence, into ``out``.
+
+    Written with ``msq = mean_S((x - mu)**2) = var_S + d**2`` as
+    ``(1 - a) * (msq - (1 - a) * d**2)``: ``msq`` comes from the centered input the
+    output needs anyway, which saves a separate (and on CPU slow, Welford) variance
+    pass. The subtraction loses at most a factor ``(2 - a) / a`` of ``msq``'s rounding
+    (about 1 at the default ``a = 0.999``, at most 3 for ``a >= 1/2`` as in warm-up).
+    ``d is None`` means no spatial dims: ``var_S = 0`` and ``msq = d**2``.
+    """
+    if d is None:
+        return torch.mul(msq, (1 - a) * a, out=out)
+    if isinstance(a, float):
+        return torch.addcmul(msq, d, d, value=-(1 - a), out=out).mul_(1 - a)
+    return torch.mul(msq - (1 - a) * d * d, 1 - a, out=out)
+
+
+def _step_statistics(
+    xc: Tensor, mu: Tensor, var: Tensor, a: float | Tensor, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Batch of one: normalize with the state as it is, then advance it one step in place.
+
+    Returns ``(centered, d, msq, inv_s)`` like :func:`_scan_statistics`, with ``inv_s``
+    of shape ``(C,)``. No scans: this is the streaming path, where latency is the number
+    of tensor operations.
+    """
+    nd = xc.dim()
+    cdt = xc.dtype
+    mu0, var0 = _as(mu, cdt), _as(var, cdt)
+    centered = xc - _expand(mu0, nd)
+    w = 1 - a  # weight of the new sample
+    if isinstance(w, Tensor):
+        w = w.reshape(())
+    if nd > 2:
+        dims = tuple(range(2, nd))
+        size = xc[0, 0].numel()
+        d = _spatial_mean(centered, dims, size)
+        msq = _spatial_mean_square(centered, dims, size)
+        q = msq - w * d * d if isinstance(w, Tensor) else torch.addcmul(msq, d, d, value=-w)
+    else:
+        d = centered
+        msq = centered * centered
+        q = msq * a  # var_S = 0
+    inv_s = torch.rsqrt(var0 + eps)
+    # var_S + a d^2 = msq - (1 - a) d^2;  var <- var + (1 - a) (that - var);  mu <- mu + (1 - a) d
+    if var.dtype == cdt:
+        var.lerp_(q[0], w)
+    else:
+        var.copy_(torch.lerp(var0, q[0], w))
+    if isinstance(w, Tensor):
+        mu.addcmul_(d[0], w)
+    else:
+        mu.add_(d[0], alpha=w)
+    return centered, d, msq, inv_s
+
+
+def _scan_statistics(
+    xc: Tensor, mu: Tensor, var: Tensor, a: float | Tensor, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Batch of N > 1: the forward recurrences as two linear scans; advances the state.
+
+    Returns ``(centered, d, msq, inv_s)``: ``centered = x - mu_before`` ``(N, C, *S)``;
+    ``(N, C)`` summaries ``d = mean_S(centered)``, ``msq = mean_S(centered**2)`` and the
+    ``1 / sqrt(var_before + eps)`` each sample is normalized with. ``(N, C)`` buffers are
+    reused in place where they are dead: at large N x C fresh allocations (page faults)
+    cost more than the arithmetic.
+    """
+    nd = xc.dim()
+    cdt = xc.dtype
+    if nd > 2:
+        dims = tuple(range(2, nd))
+        size = xc[0, 0].numel()
+        mean_s = _spatial_mean(xc, dims, size)
+    else:
+        mean_s = xc
+    work = (1 - a) * mean_s  # the input of the mean recurrence, then of the variance one
+    mu_b, mu_last = linear_scan(a, work, _as(mu, cdt))
+    centered = xc - _expand(mu_b, nd)
+    if nd > 2:
+        d = mean_s.sub_(mu_b)
+        msq = _spatial_mean_square(centered, dims, size)
+        var_in = _variance_input(a, msq, d, out=work)
+    else:
+        d = centered
+        msq = centered * centered
+        var_in = _variance_input(a, msq, None, out=work)
+    var_b, var_last = linear_scan(a, var_in, _as(var, cdt))
+    inv_s = var_b.add_(eps).rsqrt_()  # var_b is a fresh buffer (N > 1)
+    mu.copy_(mu_last)
+    var.copy_(var_last)
+    return centered, d, msq, inv_s
 
 
 class OnlineNormFunction(torch.autograd.Function):
@@ -70,6 +187,12 @@ class OnlineNormFunction(torch.autograd.Function):
     Forward advances ``mu``, ``var`` (and ``seen``) once; backward advances ``u``, ``v``
     once, in stream order. The backward is ON's control-process gradient, not
     autograd's derivative of the forward; ``weight`` and ``bias`` get exact gradients.
+
+    Everything per sample is carried as ``(N, C)`` summaries of the centered input
+    ``c = x - mu_before``: its spatial mean ``d`` and mean square ``msq``, so that
+    ``mean_S(y) = d / s`` and ``mean_S(y**2) = msq / s**2`` need no extra pass. A batch
+    of one (streaming, the common case) skips the scans and advances the state by one
+    step in place, which keeps the operation count, hence the latency, low.
     """
 
     @staticmethod
@@ -87,72 +210,88 @@ class OnlineNormFunction(torch.autograd.Function):
         alpha_bkw: float,
         eps: float,
     ) -> Tensor:
+        cdt = state_dtype(x)
         nd = x.dim()
-        mu_b, var_b, mu_last, var_last, mean_s, var_s = forward_statistics(x, mu, var, alpha_fwd, seen)
-        inv_s = torch.rsqrt(var_b + eps)
-        d = mean_s - mu_b
-        centered = x.to(inv_s.dtype) - _expand(mu_b, nd)
-        scale = inv_s if weight is None else inv_s * weight.to(inv_s.dtype)
-        shift = bias.to(inv_s.dtype).expand_as(scale) if bias is not None else None
-        if shift is None:
+        n = x.shape[0]
+        a = alpha_fwd if seen is None else _forward_coefficient(alpha_fwd, n, seen, cdt)
+        statistics = _step_statistics if n == 1 else _scan_statistics
+        centered, d, msq, inv_s = statistics(_as(x, cdt), mu, var, a, eps)
+        if seen is not None:
+            seen.add_(n)
+        scale = inv_s if weight is None else inv_s * _as(weight, cdt)
+        if bias is None:
             out = centered * _expand(scale, nd)
         else:
-            out = torch.addcmul(_expand(shift, nd), centered, _expand(scale, nd))
-        with torch.no_grad():
-            mu.copy_(mu_last)
-            var.copy_(var_last)
-            if seen is not None:
-                seen.add_(x.shape[0])
-        # mean_S(y_n) and mean_S(y_n^2), needed by the control processes
-        mean_y = d * inv_s
-        mean_y2 = (var_s + d * d) * inv_s * inv_s
-        ctx.save_for_backward(centered, inv_s, mean_y, mean_y2, weight)
+            out = torch.addcmul(_expand(_as(bias, cdt), nd), centered, _expand(scale, nd))
+        ctx.save_for_backward(centered, inv_s, scale, d, msq, weight)
         ctx.state = (u, v)
         ctx.alpha_bkw = alpha_bkw
-        ctx.has_bias = bias is not None
-        ctx.bias_dtype = bias.dtype if bias is not None else None
+        ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.x_dtype = x.dtype
-        return out.to(x.dtype)
+        return _as(out, x.dtype)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: Tensor):  # type: ignore[override]
-        centered, inv_s, mean_y, mean_y2, weight = ctx.saved_tensors
+        centered, inv_s, scale, d, msq, weight = ctx.saved_tensors
         u, v = ctx.state
-        k = 1.0 - ctx.alpha_bkw
+        alpha_bkw = ctx.alpha_bkw
+        k = 1.0 - alpha_bkw
         nd = centered.dim()
-        dz = grad_out.to(inv_s.dtype)
+        single = centered.shape[0] == 1
+        cdt = inv_s.dtype
+        dz = _as(grad_out, cdt)
         if nd > 2:
             dims = tuple(range(2, nd))
-            size = centered[0, 0].numel()
-            mean_dz = dz.mean(dim=dims)
-            mean_dz_y = (dz * centered).mean(dim=dims) * inv_s
+            buf = dz * centered  # reused below for grad_x: one large allocation, not two
+            sum_dzc = buf.sum(dims)
+            sum_dz = dz.sum(dims)
+            scale_s = scale * (1.0 / centered[0, 0].numel())  # means over S from sums
         else:
-            size = 1
-            mean_dz = dz
-            mean_dz_y = dz * centered * inv_s
-        w = None if weight is None else weight.to(inv_s.dtype)
-        mean_dy = mean_dz if w is None else mean_dz * w
-        mean_dy_y = mean_dz_y if w is None else mean_dz_y * w
-        # v_n = (1 - k * mean_S(y_n^2)) v_{n-1} + mean_S(dy_n * y_n)
-        v_b, v_last = linear_scan(1.0 - k * mean_y2, mean_dy_y, v.to(inv_s.dtype))
-        # u_n = alpha_bkw u_{n-1} + mean_S(g_n) / s_n
-        u_in = (mean_dy - k * v_b * mean_y) * inv_s
-        u_b, u_last = linear_scan(ctx.alpha_bkw, u_in, u.to(inv_s.dtype))
-        # dx = (dy - k v y) / s - k u, with dy = dz * w and y = centered * inv_s
-        a = inv_s if w is None else inv_s * w
-        b = -k * v_b * inv_s * inv_s
-        grad_x = torch.addcmul(_expand(-k * u_b, nd), dz, _expand(a, nd))
-        grad_x.addcmul_(centered, _expand(b, nd))
-        with torch.no_grad():
+            buf = None
+            sum_dzc = dz * centered
+            sum_dz = dz
+            scale_s = scale
+        inv_s2 = inv_s * inv_s
+        v0, u0 = _as(v, cdt), _as(u, cdt)
+        # v_n = (1 - k mean_S(y_n^2)) v_{n-1} + mean_S(dy_n y_n), dy = dz * weight
+        v_in = sum_dzc * scale_s
+        if single:
+            v_b = v0
+        else:
+            coef_v = torch.mul(msq, inv_s2).mul_(-k).add_(1.0)
+            v_b, v_last = linear_scan(coef_v, v_in, v0)
+        vs2 = inv_s2.mul_(v_b)  # v / s^2
+        if single:
+            dv = torch.addcmul(v_in, msq, vs2, value=-k)
+        # u_n = alpha_bkw u_{n-1} + mean_S(g_n) / s, g = dy - k v y; mean_S(y) = d / s
+        u_in = torch.mul(sum_dz, scale_s).addcmul_(vs2, d, value=-k)
+        if single:
+            u_b = u0
+            du = torch.add(u_in, u0, alpha=-k)  # mean_S(dx): u <- u + mean_S(dx)
+        else:
+            u_b, u_last = linear_scan(alpha_bkw, u_in, u0)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            # dx = (dy - k v y) / s - k u = dz * scale - k (v / s^2) c - k u
+            if buf is None:  # no spatial dims: that is u_in - k u (u_in is dead: reuse it)
+                grad_x = du if single else u_in.add_(u_b, alpha=-k)
+            else:
+                grad_x = torch.addcmul(_expand(u_b * -k, nd), dz, _expand(scale, nd), out=buf)
+                grad_x.addcmul_(centered, _expand(vs2, nd), value=-k)
+        if single:  # the state was only read above
+            v.add_(dv[0])
+            u.add_(du[0])
+        else:
             v.copy_(v_last)
             u.copy_(u_last)
-        grad_w = mean_dz_y.sum(0) * size if w is not None and ctx.needs_input_grad[1] else None
-        grad_b = mean_dz.sum(0) * size if ctx.has_bias and ctx.needs_input_grad[2] else None
-        if grad_w is not None:
-            grad_w = grad_w.to(weight.dtype)
-        if grad_b is not None:
-            grad_b = grad_b.to(ctx.bias_dtype)
-        return grad_x.to(ctx.x_dtype), grad_w, grad_b, None, None, None, None, None, None, None, None
+        grad_w = grad_b = None
+        if weight is not None and ctx.needs_input_grad[1]:  # sum over N and S of dz * y
+            grad_w = _as(sum_dzc.mul_(inv_s).sum(0), weight.dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_b = _as(sum_dz.sum(0), ctx.bias_dtype)
+        if grad_x is not None:
+            grad_x = _as(grad_x, ctx.x_dtype)
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None, None, None
 
 
 def online_norm(
@@ -181,16 +320,43 @@ def online_norm(
     cdt = state_dtype(x)
     nd = x.dim()
     shape = (1, -1) + (1,) * (nd - 2)
-    inv_s = torch.rsqrt(var.to(cdt) + eps)
-    scale = inv_s if weight is None else inv_s * weight.to(cdt)
-    centered = x.to(cdt) - mu.to(cdt).reshape(shape)
-    # the same operations as the training path, so a batch-1 training output equals
-    # the eval output bit for bit (the learner's prequential prediction relies on it)
-    if bias is None:
-        out = centered * scale.reshape(shape)
-    else:
-        out = torch.addcmul(bias.to(cdt).reshape(shape), centered, scale.reshape(shape))
-    return out.to(x.dtype)
+    inv_s = torch.rsqrt(_as(var, cdt) + eps)
+    scale = inv_s if weight is None else inv_s * _as(weight, cdt)
+    out = (_as(x, cdt) - _as(mu, cdt).reshape(shape)) * scale.reshape(shape)
+    if bias is not None:
+        out = out + _as(bias, cdt).reshape(shape)
+    return _as(out, x.dtype)
+
+
+class LayerScalingFunction(torch.autograd.Function):
+    """``z = h / sqrt(mean(h^2) + eps)`` per sample, with its exact derivative.
+
+    One autograd node instead of five (pow, mean, add, rsqrt, mul): with
+    ``r = (mean(h^2) + eps)**-1/2`` the derivative is ``dh = r * (dz - z * mean(dz * z))``,
+    the same function autograd differentiates, in two passes over the activations.
+    Also returns ``mean(h^2)`` (no gradient), the layer's health signal.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, h: Tensor, eps: float):  # type: ignore[override]
+        dims = tuple(range(1, h.dim()))
+        size = h[0].numel()
+        # the RMS first, then its square: no overflow of the sum of squares in half precision
+        mean_sq = torch.linalg.vector_norm(h, 2, dims, keepdim=True).div_(size**0.5).square_()
+        r = torch.rsqrt(mean_sq + eps)
+        z = h * r
+        ctx.save_for_backward(z, r)
+        ctx.mark_non_differentiable(mean_sq)
+        return z, mean_sq
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, dz: Tensor, _dmean_sq: Tensor):  # type: ignore[override]
+        z, r = ctx.saved_tensors
+        dims = tuple(range(1, z.dim()))
+        buf = dz * z  # reused for the result: one large allocation
+        proj = buf.mean(dims, keepdim=True)
+        dh = torch.addcmul(dz, z, proj, value=-1, out=buf)
+        return dh.mul_(r), None
 
 
 def layer_scaling(h: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
@@ -199,9 +365,7 @@ def layer_scaling(h: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
     Returns ``(scaled, mean_sq)``: ``mean_sq`` ``(N, 1, ...)`` is the mean square before
     scaling; its root is 1 when the normalizer's estimates are right (a health signal).
     """
-    dims = tuple(range(1, h.dim()))
-    mean_sq = h.pow(2).mean(dim=dims, keepdim=True)
-    return h * torch.rsqrt(mean_sq + eps), mean_sq
+    return LayerScalingFunction.apply(h, eps)
 
 
 def activation_clamp(h: Tensor, clamp_val: float = 5.0) -> Tensor:

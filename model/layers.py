@@ -28,7 +28,8 @@ class LayerScaling(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         out, mean_sq = F.layer_scaling(h, self.eps)
-        self.last_mean_sq = mean_sq.detach()
+        if self.training:  # the health signal follows training steps, not predictions
+            self.last_mean_sq = mean_sq.detach()
         return out
 
     def last_rms(self) -> float | None:
@@ -52,7 +53,8 @@ class ActivationClamp(nn.Module):
         self.last_input: Tensor | None = None
 
     def forward(self, h: Tensor) -> Tensor:
-        self.last_input = h.detach()
+        if self.training:
+            self.last_input = h.detach()
         return F.activation_clamp(h, self.clamp_val)
 
     def last_clamped_fraction(self) -> float | None:
@@ -174,22 +176,27 @@ class OnlineNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
-        h = F.online_norm(
-            x,
-            self.mu,
-            self.var,
-            self.u,
-            self.v,
-            self.weight,
-            self.bias,
-            training=self.training,
-            alpha_fwd=self.alpha_fwd,
-            alpha_bkw=self.alpha_bkw,
-            eps=self.eps,
-            seen=self.num_samples_tracked if self.warmup else None,
-        )
-        if not self.warmup and self.training:
-            self.num_samples_tracked.add_(x.shape[0])
+        seen = self.num_samples_tracked
+        if self.training:  # the autograd Function directly: this path is latency-bound
+            h = F.OnlineNormFunction.apply(
+                x,
+                self.weight,
+                self.bias,
+                self.mu,
+                self.var,
+                self.u,
+                self.v,
+                seen if self.warmup else None,
+                self.alpha_fwd,
+                self.alpha_bkw,
+                self.eps,
+            )
+            if not self.warmup:  # the Function counts the samples itself with warm-up
+                seen.add_(x.shape[0])
+        else:
+            h = F.online_norm(
+                x, self.mu, self.var, self.u, self.v, self.weight, self.bias, training=False, eps=self.eps
+            )
         return self.compensation(h)
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]

@@ -90,6 +90,32 @@ def _make_optimizer(spec: ModelSpec, network: nn.Module) -> torch.optim.Optimize
     return torch.optim.Adam(groups, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay, fused=True)
 
 
+def _health_record(module: LayerScaling | ActivationClamp) -> Tensor | None:
+    return module.last_mean_sq if isinstance(module, LayerScaling) else module.last_input
+
+
+def _set_health_record(module: LayerScaling | ActivationClamp, record: Tensor | None) -> None:
+    if isinstance(module, LayerScaling):
+        module.last_mean_sq = record
+    else:
+        module.last_input = record
+
+
+def _numeric(value: Any, expected: str) -> np.ndarray:
+    """``value`` as a float32 array, refusing strings, booleans and nulls by name
+    (numpy alone would read ``"1"`` as 1.0 and ``True`` as 1.0)."""
+    try:
+        arr = np.asarray(value)
+    except ValueError as exc:  # ragged nesting
+        raise InvalidSampleError(f"{expected}: {exc}") from exc
+    if arr.dtype.kind not in "iuf":
+        kind = {"b": "booleans", "U": "strings", "S": "strings", "O": "nulls or mixed values"}
+        found = kind.get(arr.dtype.kind, arr.dtype.name)
+        raise InvalidSampleError(f"{expected} (found {found})")
+    with np.errstate(over="ignore"):  # overflow becomes inf, refused by the finiteness check
+        return arr.astype(np.float32, copy=False)
+
+
 def _summary(values: Tensor) -> tuple[float, float, float]:
     return float(values.mean()), float(values.min()), float(values.max())
 
@@ -114,6 +140,11 @@ class OnlineLearner:
         self._norms = online_norm_layers(self.network)
         self._state_buffers = [b for _, m in self._norms for b in m.buffers(recurse=False)]
         self._backup = [b.clone() for b in self._state_buffers]
+        self._health = [
+            m.compensation
+            for _, m in self._norms
+            if isinstance(m.compensation, LayerScaling | ActivationClamp)
+        ]
         # Within one sample the RNN's ON layers advance once per time step, so its
         # training-mode output is not the eval-mode prediction; elsewhere it is, exactly.
         self._train_output_is_prediction = self.spec.network_kind != "rnn"
@@ -126,14 +157,12 @@ class OnlineLearner:
     def check_x(self, x: Any) -> Tensor:
         """``x`` as a float32 tensor of ``input_shape``; accepts nested or flat lists,
         numpy arrays and tensors. Raises :class:`InvalidSampleError` naming the problem."""
-        try:
-            if isinstance(x, Tensor):
-                t = x.detach().to(device="cpu", dtype=torch.float32)
-            else:
-                with np.errstate(over="ignore"):  # overflow becomes inf, refused below
-                    t = torch.as_tensor(np.asarray(x, dtype=np.float32))
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InvalidSampleError(f"x must be numbers nested to {list(self._input_shape)}: {exc}") from exc
+        if isinstance(x, Tensor):
+            if x.dtype == torch.bool or x.is_complex():
+                raise InvalidSampleError(f"x must be real numbers (got a {x.dtype} tensor)")
+            t = x.detach().to(device="cpu", dtype=torch.float32)
+        else:
+            t = torch.from_numpy(_numeric(x, f"x must be numbers nested to {list(self._input_shape)}"))
         if tuple(t.shape) != self._input_shape:
             if t.dim() != 1 or t.numel() != self._input_size:
                 raise InvalidSampleError(
@@ -150,11 +179,9 @@ class OnlineLearner:
         if self._classify:
             return self._check_label(y)
         size = self.spec.output_size
-        try:
-            with np.errstate(over="ignore"):
-                t = torch.as_tensor(np.asarray(y, dtype=np.float32)).reshape(-1)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InvalidSampleError(f"y must be a number or a list of {size} numbers: {exc}") from exc
+        if isinstance(y, Tensor):
+            y = y.detach().cpu().numpy()
+        t = torch.from_numpy(_numeric(y, f"y must be a number or a list of {size} numbers")).reshape(-1)
         if t.numel() != size:
             raise InvalidSampleError(f"y has {t.numel()} values; this model predicts {size}")
         if not bool(torch.isfinite(t).all()):
@@ -234,13 +261,17 @@ class OnlineLearner:
                 raise NonFiniteStepError(f"sample {i}: {exc}", index=i, results=results) from exc
         return results
 
-    def _save_norm_state(self) -> None:
+    def _save_norm_state(self) -> list[Tensor | None]:
+        """Copy the ON buffers aside; return the health records, which a rollback restores."""
         if self._state_buffers:
             torch._foreach_copy_(self._backup, self._state_buffers)
+        return [_health_record(c) for c in self._health]
 
-    def _restore_norm_state(self) -> None:
+    def _restore_norm_state(self, health: list[Tensor | None]) -> None:
         if self._state_buffers:
             torch._foreach_copy_(self._state_buffers, self._backup)
+        for module, record in zip(self._health, health, strict=True):
+            _set_health_record(module, record)
 
     def _loss(self, out: Tensor, target: Tensor) -> Tensor:
         if self._classify:
@@ -250,7 +281,7 @@ class OnlineLearner:
     def _step(self, x: Tensor, y: Tensor) -> LearnResult:
         xb, yb = x[None].to(self.device), y[None].to(self.device)
         prediction_out = None if self._train_output_is_prediction else self._forward_eval(xb)
-        self._save_norm_state()
+        health = self._save_norm_state()
         self._set_training(True)
         out = self.network(xb)
         loss = self._loss(out, yb)
@@ -265,7 +296,7 @@ class OnlineLearner:
             )
         loss_value, grad_value = torch.stack((loss.detach().float(), grad_norm.float())).tolist()
         if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
-            self._restore_norm_state()
+            self._restore_norm_state(health)
             self.optimizer.zero_grad(set_to_none=True)
             what = "loss" if not math.isfinite(loss_value) else "gradient norm"
             raise NonFiniteStepError(

@@ -1,15 +1,25 @@
 """Vectorized first-order linear recurrences ``h_n = a_n * h_{n-1} + b_n``.
 
 Online Normalization's statistics and control processes are all of this form, so a
-batch of N samples can be processed without a Python loop over the samples. Two
-strategies, both free of ``alpha**-n`` (which overflows for small alpha and long
-batches):
+batch of N samples can be processed without a Python loop over the samples.
 
-* constant coefficient: blocked lower-triangular Toeplitz products. The kernel
-  ``alpha**(i - j)`` (``i >= j``) is built from ``exp((i - j) * log(alpha))``, which
-  can only underflow to 0, never overflow.
-* per-sample coefficient: Hillis-Steele doubling, ``ceil(log2 N)`` vectorized steps
-  that only ever multiply coefficients that the sequential loop multiplies too.
+Every path computes the ``N + 1`` states ``h_{-1} .. h_{N-1}`` in one tensor, so the
+state each sample sees (``h_{n-1}``) and the final state are views of it, with no
+concatenation. None divides by a product of coefficients (``alpha**-n`` overflows for
+small alpha and long batches; per-sample coefficients can be 0 or negative), so each
+only multiplies coefficients that the sequential loop multiplies too:
+
+* constant coefficient: lower-triangular Toeplitz products, blocked beyond
+  :data:`_DIRECT` samples. The kernel ``alpha**(i - j)`` (``i >= j``) only holds
+  non-negative powers, which can underflow to 0 but never overflow.
+* per-sample coefficient: the loop itself up to :data:`_SEQUENTIAL` samples (one
+  operation a sample), else Hillis-Steele doubling, ``ceil(log2 N)`` vectorized steps,
+  preceded on long, wide inputs by odd-even reduction, which keeps the work ``O(N C)``.
+
+At ON's sizes the cost is mostly the number of tensor operations (a few microseconds of
+dispatch each on CPU) and of passes over ``(N, C)`` memory, so both keep these small.
+(Cumulative sums and products would need fewer operations, but divide, and their CPU
+kernels are sequential: slower than these at ``C >= 64``.)
 """
 
 from __future__ import annotations
@@ -20,60 +30,161 @@ import math
 import torch
 from torch import Tensor
 
-#: Block length of the blocked Toeplitz scan: cost is O(N * BLOCK * C).
+#: Longest block of the blocked Toeplitz scan: cost is O(N * block * C) multiply-adds.
 BLOCK = 64
+#: Up to this length one (N + 1, N) kernel product beats blocking (fewer operations).
+_DIRECT = 32
+#: Above this many elements per step, halve the sequence (odd-even) before doubling.
+_DOUBLING_ELEMENTS = 1 << 15
+#: Up to this length a per-sample coefficient is scanned step by step (one op a step).
+_SEQUENTIAL = 8
 
 
-@functools.lru_cache(maxsize=128)
+@functools.lru_cache(maxsize=256)
 def _decay_kernel(alpha: float, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Lower-triangular ``(n, n)`` matrix ``K[i, j] = alpha**(i - j)`` for ``j <= i``."""
-    idx = torch.arange(n, dtype=torch.float64)
-    lag = idx[:, None] - idx[None, :]
-    log_alpha = math.log(alpha) if alpha > 0 else -math.inf
-    kernel = torch.where(lag >= 0, torch.exp(lag.clamp(min=0) * log_alpha), 0.0)
-    if alpha == 0:  # exp(0 * -inf) is nan; alpha**0 is 1
-        kernel = torch.eye(n, dtype=torch.float64)
-    return kernel.to(dtype=dtype, device=device)
+    """``(n + 1, n)`` kernel ``K[i, j] = alpha**(i - 1 - j)`` for ``j < i``, else 0.
+
+    Row ``i`` of ``K @ b`` is the state before position ``i`` of a scan from 0; row ``n``
+    is the state after the last position. Built in float64: only non-negative powers.
+    """
+    idx = torch.arange(n + 1, dtype=torch.float64)
+    lag = idx[:, None] - 1 - idx[None, :n]
+    kernel = torch.tensor(alpha, dtype=torch.float64).pow(lag.clamp(min=0))  # 0**0 is 1
+    return torch.where(lag >= 0, kernel, 0.0).to(dtype=dtype, device=device)
 
 
-@functools.lru_cache(maxsize=128)
+@functools.lru_cache(maxsize=256)
 def _decay_powers(alpha: float, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Column ``(n, 1)`` of ``alpha**(i + 1)``: how ``h_{-1}`` reaches ``h_i``."""
-    idx = torch.arange(1, n + 1, dtype=torch.float64)
-    powers = torch.tensor(alpha, dtype=torch.float64).pow(idx)
+    """Column ``(n, 1)`` of ``alpha**i``: how the state entering a run reaches position ``i``."""
+    powers = torch.tensor(alpha, dtype=torch.float64).pow(torch.arange(n, dtype=torch.float64))
     return powers[:, None].to(dtype=dtype, device=device)
 
 
-def _scan_constant(alpha: float, inp: Tensor, h0: Tensor) -> Tensor:
-    """Inclusive scan with a constant coefficient; returns ``h_0 .. h_{N-1}``."""
+@functools.lru_cache(maxsize=256)
+def _batched_kernel(alpha: float, n: int, k: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The first ``n`` rows of :func:`_decay_kernel` (states before each position),
+    expanded (a view) over ``k`` blocks for one ``bmm``."""
+    return _decay_kernel(alpha, n, dtype, device)[:n].expand(k, n, n)
+
+
+def _block_length(n: int) -> int:
+    """A power of two near ``sqrt(n)`` (at most :data:`BLOCK`): two levels cover ``BLOCK**2``."""
+    return min(BLOCK, max(8, 1 << math.ceil(math.log2(n) / 2)))
+
+
+def _scan_constant(alpha: float, inp: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+    """``(before, last)`` of a constant-coefficient scan (see :func:`linear_scan`)."""
     n, c = inp.shape
     dt, dev = inp.dtype, inp.device
-    if n <= BLOCK:
-        return torch.addmm(_decay_powers(alpha, n, dt, dev) * h0, _decay_kernel(alpha, n, dt, dev), inp)
-    k = -(-n // BLOCK)
-    padded = inp if n == k * BLOCK else torch.nn.functional.pad(inp, (0, 0, 0, k * BLOCK - n))
-    blocks = padded.reshape(k, BLOCK, c)
-    local = torch.matmul(_decay_kernel(alpha, BLOCK, dt, dev), blocks)  # scan inside each block
-    # state at the end of each block: a scan over blocks with coefficient alpha**BLOCK
-    block_alpha = alpha**BLOCK
-    ends = _scan_constant(block_alpha, local[:, -1, :], h0)
-    carry_in = torch.cat((h0[None], ends[:-1]), dim=0)  # state entering each block
-    out = torch.addcmul(local, _decay_powers(alpha, BLOCK, dt, dev)[None], carry_in[:, None, :])
-    return out.reshape(k * BLOCK, c)[:n]
+    if n <= _DIRECT:
+        states = torch.addmm(_decay_powers(alpha, n + 1, dt, dev) * h0, _decay_kernel(alpha, n, dt, dev), inp)
+        return states[:-1], states[-1]
+    block = _block_length(n)
+    k = -(-n // block)
+    if k * block == n:
+        blocks = inp.reshape(k, block, c)
+    else:  # zero-padded: the state after sample n-1 is the one before padded position n
+        blocks = inp.new_zeros(k, block, c)
+        blocks.view(k * block, c)[:n].copy_(inp)
+    # per block, from a zero state: the state before each position, and after the block
+    local = torch.bmm(_batched_kernel(alpha, block, k, dt, dev), blocks)
+    ends = torch.add(blocks[:, -1], local[:, -1], alpha=alpha)
+    # the state entering each block: a scan over blocks with coefficient alpha**block
+    entering, after = _scan_constant(alpha**block, ends, h0)
+    states = local.addcmul_(_decay_powers(alpha, block, dt, dev), entering[:, None]).view(k * block, c)
+    return (states, after) if k * block == n else (states[:n], states[n])
 
 
-def _scan_variable(coef: Tensor, inp: Tensor, h0: Tensor) -> Tensor:
-    """Inclusive scan with per-sample coefficients (Hillis-Steele doubling)."""
-    coef = coef.expand_as(inp)
-    acc = torch.cat((torch.addcmul(inp[:1], coef[:1], h0[None]), inp[1:]), dim=0)
-    n = inp.shape[0]
+def _sequential(coef: Tensor, inp: Tensor, h0: Tensor) -> Tensor:
+    """``h0, h_0, ..., h_{N-1}`` by the loop itself: one ``addcmul`` per sample into rows of
+    one buffer. Fewest operations for short batches, and exactly the definition."""
+    states = inp.new_empty(inp.shape[0] + 1, inp.shape[1])
+    rows = states.unbind(0)
+    rows[0].copy_(h0)
+    for row, prev, c, b in zip(rows[1:], rows[:-1], coef.unbind(0), inp.unbind(0), strict=True):
+        torch.addcmul(b, c, prev, out=row)
+    return states
+
+
+def _doubling(coef: Tensor, seq: Tensor, first: Tensor | None = None) -> Tensor:
+    """Inclusive scan ``h_i = coef_i h_{i-1} + seq_i`` by Hillis-Steele doubling.
+
+    From ``h_{-1} = first`` (returning ``first, h_0, ..., h_{m-1}``), else from 0
+    (returning ``h_0, ..., h_{m-1}``). ``ceil(log2 m)`` steps over the whole ``(m, C)``
+    sequence: ``first`` is folded into element 0 rather than prepended, which would
+    cost a step whenever ``m`` is a power of two. The sequence sits behind ``pad`` zero
+    rows in two ping-pong buffers: at step ``s`` element ``i`` reads element ``i - s``,
+    which for ``i < s`` is a zero row, so every step is one ``addcmul`` and one ``mul``
+    over whole buffers instead of a slice-compute-concatenate.
+    """
+    m = seq.shape[0]
+    pad = 1 << max(0, math.ceil(math.log2(m)) - 1)  # the largest step (and room for `first`)
+    acc_bufs = seq.new_zeros(2, pad + m, seq.shape[1]).unbind(0)
+    mul_bufs = seq.new_zeros(2, pad + m, coef.shape[1]).unbind(0)
+    if first is None:
+        acc_bufs[0][pad:] = seq
+    else:
+        torch.addcmul(seq[0], coef[0], first, out=acc_bufs[0][pad])
+        acc_bufs[0][pad + 1 :] = seq[1:]
+    mul_bufs[0][pad:] = coef
+    acc, acc_next = (b[pad:] for b in acc_bufs)  # the live rows of each buffer
+    mul, mul_next = (b[pad:] for b in mul_bufs)
+    src = msrc = 0  # which buffer holds the current values
     step = 1
-    while step < n:
-        acc = torch.cat((acc[:step], torch.addcmul(acc[step:], coef[step:], acc[:-step])), dim=0)
-        if step * 2 < n:
-            coef = torch.cat((coef[:step], coef[step:] * coef[:-step]), dim=0)
+    while step < m:
+        torch.addcmul(acc, mul, acc_bufs[src][pad - step : pad - step + m], out=acc_next)
+        acc, acc_next, src = acc_next, acc, 1 - src
+        if step * 2 < m:
+            torch.mul(mul, mul_bufs[msrc][pad - step : pad - step + m], out=mul_next)
+            mul, mul_next, msrc = mul_next, mul, 1 - msrc
         step *= 2
-    return acc
+    if first is None:
+        return acc
+    acc_bufs[src][pad - 1] = first  # the state before element 0, in the zero row before it
+    return acc_bufs[src][pad - 1 :]
+
+
+def _reduce_in_place(coef: Tensor, seq: Tensor) -> None:
+    """Inclusive scan ``h_i = coef_i h_{i-1} + seq_i`` (``h_{-1} = 0``), written into ``seq``.
+
+    Doubling costs ``m log2 m`` work, which dominates for long, wide sequences. There,
+    odd-even reduction first: fold each even element into the odd one after it
+    (``coef`` products and inputs, in place), scan the half-length odd subsequence,
+    then finish the even elements from their odd predecessors: ``O(m)`` work and
+    ``log2`` levels. ``coef`` is overwritten too.
+    """
+    m = seq.shape[0]
+    if m * seq.shape[1] <= _DOUBLING_ELEMENTS or m <= 16:
+        seq.copy_(_doubling(coef, seq))
+        return
+    odd, even = seq[1::2], seq[0::2]
+    odd_coef, even_coef = coef[1::2], coef[0::2]
+    half = odd.shape[0]
+    odd.addcmul_(odd_coef, even[:half])  # h_{2j+1} in terms of h_{2j-1}
+    odd_coef.mul_(even_coef[:half])
+    _reduce_in_place(odd_coef, odd)
+    even[1:].addcmul_(even_coef[1:], odd[: even.shape[0] - 1])  # h_{2j} from h_{2j-1}
+
+
+def _scan_variable(coef: Tensor, inp: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+    """``(before, last)`` of a per-sample-coefficient scan (see :func:`linear_scan`).
+
+    Each path returns the ``N + 1`` states ``h0, h_0, ..., h_{N-1}``; for odd-even
+    reduction ``h0`` is prepended as an element with coefficient 0.
+    """
+    n, c = inp.shape
+    if coef.dtype != inp.dtype:
+        coef = coef.to(inp.dtype)
+    if coef.dim() != 2 or coef.shape[0] != n:
+        coef = coef.expand(n, coef.shape[-1] if coef.dim() == 2 else c)
+    if n <= _SEQUENTIAL:
+        states = _sequential(coef, inp, h0)
+    elif n * c <= _DOUBLING_ELEMENTS:
+        states = _doubling(coef, inp, first=h0)
+    else:
+        states = torch.cat((h0[None], inp))
+        _reduce_in_place(torch.cat((coef.new_zeros(1, coef.shape[1]), coef)), states)
+    return states[:-1], states[-1]
 
 
 def linear_scan(coef: float | Tensor, inp: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
@@ -86,13 +197,17 @@ def linear_scan(coef: float | Tensor, inp: Tensor, h0: Tensor) -> tuple[Tensor, 
 
     Returns:
         ``(before, last)``: ``before[n] = h_{n-1}``, the state sample ``n`` sees, of
-        shape ``(N, C)``, and ``last = h_{N-1}`` of shape ``(C,)``.
+        shape ``(N, C)``, and ``last = h_{N-1}`` of shape ``(C,)``. For ``N > 1`` both
+        are fresh (``before`` may be modified in place); for ``N == 1`` ``before`` is a
+        view of ``h0``.
     """
     if inp.shape[0] == 1:
-        last = coef * h0 + inp[0] if isinstance(coef, float) else torch.addcmul(inp[0], coef[0], h0)
-        return h0[None], last
-    out = _scan_constant(coef, inp, h0) if isinstance(coef, float) else _scan_variable(coef, inp, h0)
-    return torch.cat((h0[None], out[:-1]), dim=0), out[-1]
+        if isinstance(coef, float):
+            return h0[None], torch.add(inp[0], h0, alpha=coef)
+        return h0[None], torch.addcmul(inp[0], coef.reshape(-1), h0)
+    if isinstance(coef, float):
+        return _scan_constant(coef, inp, h0)
+    return _scan_variable(coef, inp, h0)
 
 
 def linear_scan_reference(coef: float | Tensor, inp: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:

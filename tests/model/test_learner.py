@@ -250,3 +250,33 @@ def test_default_learner_is_insensitive_to_feature_scale() -> None:
     results = learner.learn_many(x.tolist(), labels.tolist())
     late = np.mean([r.prediction == y for r, y in zip(results[-400:], labels[-400:], strict=True)])
     assert late > 0.85
+
+
+@pytest.mark.parametrize(
+    ("x", "found"),
+    [(["1"] * 12, "strings"), ([True] * 12, "booleans"), ([None] * 12, "nulls")],
+)
+def test_non_numbers_are_refused_by_name(x: Any, found: str) -> None:
+    with pytest.raises(InvalidSampleError, match=found):
+        OnlineLearner(DIGITS_LIKE).check_x(x)
+    with pytest.raises(InvalidSampleError, match=found):
+        OnlineLearner(SPECS["mlp-reg"]).check_y(x[:2])
+
+
+def test_health_signals_follow_training_steps_only() -> None:
+    """Predictions and rolled-back steps leave ls_rms and clamped_fraction alone."""
+    for key in ("mlp-cls", "mlp-sgd-ac"):
+        learner = OnlineLearner(SPECS[key])
+        xs, ys = _stream(SPECS[key], 6, seed=11)
+        learner.learn_many(xs[:3], ys[:3])
+        field = "clamped_fraction" if key == "mlp-sgd-ac" else "ls_rms"
+        before = [s[field] for s in learner.norm_stats()]
+        learner.predict_many([x * 1000 for x in xs])
+        param = next(learner.network.parameters())
+        handle = param.register_hook(lambda g: torch.full_like(g, float("nan")))
+        with pytest.raises(NonFiniteStepError):
+            learner.learn_one(xs[3] * 1000, ys[3])
+        handle.remove()
+        assert [s[field] for s in learner.norm_stats()] == before
+        learner.learn_one(xs[4] * 1000, ys[4])
+        assert [s[field] for s in learner.norm_stats()] != before
