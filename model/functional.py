@@ -58,8 +58,17 @@ def _forward_coefficient(alpha_fwd: float, n: int, seen: Tensor | None, dtype: t
     """
     if seen is None:
         return alpha_fwd
-    t = seen.to(dtype) + torch.arange(n, dtype=dtype, device=seen.device)
-    return torch.clamp((t + 1) / (t + 2), max=alpha_fwd)[:, None]
+    # One host read of the count. The warm-up ends after about 1/(1 - alpha_fwd)
+    # samples; from then on (and for every batch of one) the coefficient is a Python
+    # float, which keeps the streaming path on its few-operation fast path.
+    t0 = int(seen)
+    if (t0 + 1) / (t0 + 2) >= alpha_fwd:
+        return alpha_fwd
+    if n == 1:
+        return (t0 + 1) / (t0 + 2)
+    # computed in float64 like the Python floats above, then rounded once
+    t = torch.arange(t0, t0 + n, dtype=torch.float64, device=seen.device)
+    return torch.clamp((t + 1) / (t + 2), max=alpha_fwd)[:, None].to(dtype)
 
 
 def forward_statistics(
