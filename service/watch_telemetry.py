@@ -63,7 +63,10 @@ class WatchMetrics:
             for field, text in MODEL_GAUGES.items()
         }
         self.samples = Counter(
-            "onlinenorm_model_samples_learned", "samples applied (steps), per model", ["model"], registry=registry
+            "onlinenorm_model_samples_learned",
+            "samples applied (steps), per model",
+            ["model"],
+            registry=registry,
         )
         self.nonfinite = Counter(
             "onlinenorm_model_nonfinite_steps",

@@ -26,6 +26,17 @@ function stepLabel(value) {
   return String(value);
 }
 
+/** The y range: uPlot's padded range, and a visible band for a flat line (u and v of an
+ *  input layer stay 0). */
+function yRange(u, min, max) {
+  if (min === null || max === null) return [0, 1];
+  if (min === max) {
+    const pad = Math.abs(min) * 0.1 || 1;
+    return [min - pad, max + pad];
+  }
+  return uPlot.rangeNum(min, max, 0.1, true);
+}
+
 /** A line chart of a few series against the step, appended to point by point. */
 export class LineChart {
   constructor(container, { title, series, height = 160, reference = null }) {
@@ -43,15 +54,23 @@ export class LineChart {
       label: s.label,
       stroke: s.color || COLORS[i % COLORS.length],
       width: 1.5,
+      points: { show: false },
       value: (u, v) => fmt(v),
     }));
     if (reference !== null) {
-      lines.push({ label: reference.label, stroke: "#94a3b8", width: 1, dash: [4, 4], value: (u, v) => fmt(v) });
+      lines.push({
+        label: reference.label,
+        stroke: "#94a3b8",
+        width: 1,
+        dash: [4, 4],
+        points: { show: false },
+        value: (u, v) => fmt(v),
+      });
     }
     const options = {
       width: Math.max(200, holder.clientWidth || 300),
       height,
-      scales: { x: { time: false } },
+      scales: { x: { time: false }, y: { range: yRange } },
       series: [{ label: "step", value: (u, v) => (v === null || v === undefined ? "–" : String(v)) }, ...lines],
       axes: [
         { ...AXIS, size: 26, values: (u, ticks) => ticks.map(stepLabel) },
@@ -98,6 +117,8 @@ export class LineChart {
 
   redraw() {
     this.plot.setData(this.data());
+    // Away from the cursor, the legend shows the latest values.
+    if (this.xs.length && this.plot.cursor.left < 0) this.plot.setLegend({ idx: this.xs.length - 1 });
   }
 }
 
@@ -127,6 +148,7 @@ export class HeatStrip {
     const name = document.createElement("span");
     name.className = "strip-label";
     name.textContent = label;
+    name.title = scale === "diverging" ? "blue below 0, red above" : "light to dark: small to large (log scale)";
     this.canvas = document.createElement("canvas");
     this.readout = document.createElement("span");
     this.readout.className = "strip-readout";

@@ -87,12 +87,12 @@ function buildLayer(layer) {
   const strips = element("div", "strips");
   section.append(head, grid, strips);
   $("layers").append(section);
-  const series = [{ label: "mean" }, { label: "std over channels" }];
+  const series = [{ label: "mean" }, { label: "std" }];
   layerViews.set(layer.name, {
     ecm: layer.ecm,
     meta,
-    mu: chart(`${layer.name}/mu`, grid, { title: "μ, running mean", series }),
-    std: chart(`${layer.name}/std`, grid, { title: "σ = √(var + ε)", series }),
+    mu: chart(`${layer.name}/mu`, grid, { title: "μ, running mean · over channels", series }),
+    std: chart(`${layer.name}/std`, grid, { title: "σ = √(var + ε) · over channels", series }),
     ecmChart: ecmChart(layer, grid),
     muStrip: new HeatStrip(strips, "μ per channel", "diverging"),
     varStrip: new HeatStrip(strips, "var per channel", "log"),

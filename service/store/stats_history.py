@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from service.store import keys
 
 #: A stream entry id, ``<ms>-<seq>``.
-ENTRY_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
+ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
 _ENTRY_ID = re.compile(ENTRY_ID_PATTERN)
 _SCAN_CHUNK = 200
 _SUMMARY_KEYS = (
@@ -32,7 +32,8 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 
 
 def is_entry_id(text: str) -> bool:
-    return bool(_ENTRY_ID.match(text))
+    """``<ms>-<seq>``, each part an unsigned 64-bit number (else Redis refuses it)."""
+    return bool(_ENTRY_ID.match(text)) and all(int(part) < 2**64 for part in text.split("-"))
 
 
 def _spread(values: Any) -> float | None:

@@ -12,7 +12,6 @@ import httpx
 import orjson
 
 
-
 @dataclass(frozen=True)
 class Event:
     id: str | None
@@ -34,9 +33,13 @@ class SSEReader:
         self.comments: list[str] = []
         self.retry: int | None = None
 
-    def _block(self) -> tuple[dict[str, str], list[str]] | None:
+    def _block(self, until_comments: int | None = None) -> tuple[dict[str, str], list[str]] | None:
+        """The next field block; None at the end of the stream, or (with ``until_comments``)
+        as soon as that many comments have arrived."""
         fields: dict[str, str] = {}
         data: list[str] = []
+        if until_comments is not None and len(self.comments) >= until_comments:
+            return None
         for line in self._lines:
             if line == "":
                 if fields or data:
@@ -44,6 +47,8 @@ class SSEReader:
                 continue
             if line.startswith(":"):
                 self.comments.append(line[1:].strip())
+                if until_comments is not None and len(self.comments) >= until_comments:
+                    return None
                 continue
             key, _, value = line.partition(":")
             value = value.removeprefix(" ")
@@ -51,13 +56,12 @@ class SSEReader:
                 data.append(value)
             else:
                 fields[key] = value
-        return None
+        raise EOFError("the event stream ended")
 
     def next_event(self) -> Event:
         while True:
             block = self._block()
-            if block is None:
-                raise EOFError("the event stream ended")
+            assert block is not None
             fields, data = block
             if "retry" in fields:
                 self.retry = int(fields["retry"])
@@ -69,9 +73,8 @@ class SSEReader:
 
     def wait_for_comments(self, n: int) -> list[str]:
         """Read until ``n`` comment lines arrived (events in between are dropped)."""
-        while len(self.comments) < n:
-            if self._block() is None:
-                raise EOFError("the event stream ended")
+        while self._block(until_comments=n) is not None:
+            pass
         return self.comments
 
     def read_to_end(self) -> list[Event]:
@@ -101,7 +104,13 @@ class BackgroundLearner:
         pause: float = 0.02,
         size: int = 4,
     ) -> None:
-        self.base_url, self.name, self.headers, self.pause, self.size = base_url, name, headers or {}, pause, size
+        self.base_url, self.name, self.headers, self.pause, self.size = (
+            base_url,
+            name,
+            headers or {},
+            pause,
+            size,
+        )
         self.posted = 0
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -117,6 +126,10 @@ class BackgroundLearner:
                     return
                 self.posted += 1
                 self._stop.wait(self.pause)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
     def __enter__(self) -> BackgroundLearner:
         self._thread.start()

@@ -3,6 +3,7 @@ read from the model's capped stats stream in Redis (so any replica can answer)."
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -19,6 +20,7 @@ from service.store.connection import UNREACHABLE
 router = APIRouter(prefix="/v1/models/{name}", tags=["watch"], dependencies=[ReadAccess])
 
 MAX_LIMIT = 10_000
+_STEP = re.compile(r"^[0-9]{1,18}$")
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or invalid API key"},
     404: {"model": ErrorBody, "description": "no such model, or no such layer"},
@@ -39,9 +41,11 @@ def _parse_since(since: str) -> tuple[str | None, int | None]:
     """(entry id, None) or (None, step); 422 for anything else."""
     if stats_history.is_entry_id(since):
         return since, None
-    if since.isdigit() and len(since) <= 18:
+    if _STEP.match(since):
         return None, int(since)
-    raise InvalidInputError(f"since must be a stats entry id like '1718000000000-0' or a step (got {since!r})")
+    raise InvalidInputError(
+        f"since must be a stats entry id like '1718000000000-0' or a step (got {since!r})"
+    )
 
 
 @router.get("/stats/history", response_model=HistoryResponse, responses=_RESPONSES)

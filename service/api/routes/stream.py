@@ -85,17 +85,23 @@ async def _events(
     watch.streams.inc()
     try:
         yield ServerSentEvent(comment=f"stats of model {name}", retry=RETRY_MS)
-        last = after
+        last, failing = after, False
         while not shutdown.is_set():
             try:
                 entries = await stats_history.wait_after(redis, prefix, name, last, block_ms)
                 if not entries and not await stats_history.model_listed(redis, prefix, name):
                     return
-            except (*UNREACHABLE, RedisError) as exc:
-                logger.warning("stats stream of %s: Redis failed, retrying: %s", name, exc)
+            except UNREACHABLE as exc:
+                if not failing:
+                    logger.warning("stats stream of %s: Redis unreachable, retrying: %s", name, exc)
+                failing = True
                 with anyio.move_on_after(_REDIS_RETRY_SECONDS):
                     await shutdown.wait()
                 continue
+            except RedisError as exc:  # refused, not unreachable: retrying would not help
+                logger.warning("stats stream of %s: Redis refused the read, ending: %s", name, exc)
+                return
+            failing = False
             for entry_id, fields in entries:
                 last = entry_id.decode()
                 data = orjson.dumps(stats_history.decode_entry((entry_id, fields))).decode()
