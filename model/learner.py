@@ -217,11 +217,11 @@ class OnlineLearner:
     def _decode(self, out: Tensor, with_probabilities: bool) -> list[Prediction]:
         out = out.detach().float().cpu()
         if self._classify:
-            probs = torch.softmax(out, dim=1)
-            labels = probs.argmax(dim=1).tolist()
+            labels = out.argmax(dim=1).tolist()  # the logits' argmax, as in training steps
             if not with_probabilities:
                 return [Prediction(label) for label in labels]
-            return [Prediction(lab, p) for lab, p in zip(labels, probs.tolist(), strict=True)]
+            probs = torch.softmax(out, dim=1).tolist()
+            return [Prediction(lab, p) for lab, p in zip(labels, probs, strict=True)]
         values = out.tolist()
         if self.spec.output_size == 1:
             return [Prediction(v[0]) for v in values]
@@ -261,6 +261,11 @@ class OnlineLearner:
                 raise NonFiniteStepError(f"sample {i}: {exc}", index=i, results=results) from exc
         return results
 
+    def _clear_grads(self) -> None:
+        """``zero_grad(set_to_none=True)`` without the optimizer's per-call wrappers."""
+        for p in self._params:
+            p.grad = None
+
     def _save_norm_state(self) -> list[Tensor | None]:
         """Copy the ON buffers aside; return the health records, which a rollback restores."""
         if self._state_buffers:
@@ -285,19 +290,23 @@ class OnlineLearner:
         self._set_training(True)
         out = self.network(xb)
         loss = self._loss(out, yb)
-        self.optimizer.zero_grad(set_to_none=True)
+        self._clear_grads()
         loss.backward()
+        grads = [p.grad for p in self._params if p.grad is not None]
+        # clip_grad_norm_'s maths (total 2-norm, coefficient clamped at 1) without its
+        # wrappers: on this batch-of-one path each wrapper costs as much as a kernel
+        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         max_norm = self.spec.optimizer.clip_grad_norm
         if max_norm is not None:
-            grad_norm = nn.utils.clip_grad_norm_(self._params, max_norm, foreach=True)
-        else:
-            grad_norm = nn.utils.get_total_norm(
-                [p.grad for p in self._params if p.grad is not None], foreach=True
-            )
-        loss_value, grad_value = torch.stack((loss.detach().float(), grad_norm.float())).tolist()
+            torch._foreach_mul_(grads, torch.clamp(max_norm / (grad_norm + 1e-6), max=1.0))
+        source = out if prediction_out is None else prediction_out
+        host = [loss.detach().float(), grad_norm.float()]
+        if self._classify:  # the class comes back in the same host sync
+            host.append(source.detach()[0].argmax().float())
+        loss_value, grad_value, *label = torch.stack(host).tolist()
         if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
             self._restore_norm_state(health)
-            self.optimizer.zero_grad(set_to_none=True)
+            self._clear_grads()
             what = "loss" if not math.isfinite(loss_value) else "gradient norm"
             raise NonFiniteStepError(
                 f"non-finite {what} ({loss_value if what == 'loss' else grad_value}); "
@@ -305,11 +314,12 @@ class OnlineLearner:
             )
         self.optimizer.step()
         self.step += 1
-        decoded = self._decode(out if prediction_out is None else prediction_out, with_probabilities=False)
-        prediction = decoded[0].prediction
+        prediction: PredictionValue
         if self._classify:
+            prediction = int(label[0])
             score = float(prediction == int(y))
         else:
+            prediction = self._decode(source, with_probabilities=False)[0].prediction
             score = float((torch.as_tensor(prediction, dtype=torch.float32) - y).abs().mean())
         self.metrics.update(loss_value, score)
         return LearnResult(step=self.step, loss=loss_value, prediction=prediction)
