@@ -326,14 +326,18 @@ def online_norm(
     """
     if training:
         return OnlineNormFunction.apply(x, weight, bias, mu, var, u, v, seen, alpha_fwd, alpha_bkw, eps)
+    # The same operations as a training batch of one (``_step_statistics`` and
+    # ``OnlineNormFunction.forward``), so its output equals this one bit for bit: the
+    # learner returns the training output as the prequential prediction.
     cdt = state_dtype(x)
     nd = x.dim()
-    shape = (1, -1) + (1,) * (nd - 2)
+    centered = _as(x, cdt) - _expand(_as(mu, cdt), nd)
     inv_s = torch.rsqrt(_as(var, cdt) + eps)
     scale = inv_s if weight is None else inv_s * _as(weight, cdt)
-    out = (_as(x, cdt) - _as(mu, cdt).reshape(shape)) * scale.reshape(shape)
-    if bias is not None:
-        out = out + _as(bias, cdt).reshape(shape)
+    if bias is None:
+        out = centered * _expand(scale, nd)
+    else:
+        out = torch.addcmul(_expand(_as(bias, cdt), nd), centered, _expand(scale, nd))
     return _as(out, x.dtype)
 
 
