@@ -115,27 +115,26 @@ def _variance_input(a: float | Tensor, msq: Tensor, d: Tensor | None, out: Tenso
 
 
 def _step_statistics(
-    xc: Tensor, mu: Tensor, var: Tensor, a: float | Tensor, eps: float
+    xc: Tensor, mu: Tensor, var: Tensor, a: float, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Batch of one: normalize with the state as it is, then advance it one step in place.
 
     Returns ``(centered, d, msq, inv_s)`` like :func:`_scan_statistics`, with ``inv_s``
     of shape ``(C,)``. No scans: this is the streaming path, where latency is the number
-    of tensor operations.
+    of tensor operations. ``a`` is a float: :func:`_forward_coefficient` gives one for
+    every batch of one, warm-up included.
     """
     nd = xc.dim()
     cdt = xc.dtype
     mu0, var0 = _as(mu, cdt), _as(var, cdt)
     centered = xc - _expand(mu0, nd)
     w = 1 - a  # weight of the new sample
-    if isinstance(w, Tensor):
-        w = w.reshape(())
     if nd > 2:
         dims = tuple(range(2, nd))
         size = xc[0, 0].numel()
         d = _spatial_mean(centered, dims, size)
         msq = _spatial_mean_square(centered, dims, size)
-        q = msq - w * d * d if isinstance(w, Tensor) else torch.addcmul(msq, d, d, value=-w)
+        q = torch.addcmul(msq, d, d, value=-w)
     else:
         d = centered
         msq = centered * centered
@@ -146,10 +145,7 @@ def _step_statistics(
         var.lerp_(q[0], w)
     else:
         var.copy_(torch.lerp(var0, q[0], w))
-    if isinstance(w, Tensor):
-        mu.addcmul_(d[0], w)
-    else:
-        mu.add_(d[0], alpha=w)
+    mu.add_(d[0], alpha=w)
     return centered, d, msq, inv_s
 
 
@@ -223,8 +219,11 @@ class OnlineNormFunction(torch.autograd.Function):
         nd = x.dim()
         n = x.shape[0]
         a = alpha_fwd if seen is None else _forward_coefficient(alpha_fwd, n, seen, cdt)
-        statistics = _step_statistics if n == 1 else _scan_statistics
-        centered, d, msq, inv_s = statistics(_as(x, cdt), mu, var, a, eps)
+        if n == 1:
+            assert isinstance(a, float)
+            centered, d, msq, inv_s = _step_statistics(_as(x, cdt), mu, var, a, eps)
+        else:
+            centered, d, msq, inv_s = _scan_statistics(_as(x, cdt), mu, var, a, eps)
         if seen is not None:
             seen.add_(n)
         scale = inv_s if weight is None else inv_s * _as(weight, cdt)

@@ -214,12 +214,11 @@ class OnlineLearner:
         self._set_training(False)
         return self.network(xb.to(self.device))
 
-    def _decode(self, out: Tensor, with_probabilities: bool) -> list[Prediction]:
+    def _decode(self, out: Tensor) -> list[Prediction]:
+        """Network outputs as predictions: classes with probabilities, or values."""
         out = out.detach().float().cpu()
         if self._classify:
             labels = out.argmax(dim=1).tolist()  # the logits' argmax, as in training steps
-            if not with_probabilities:
-                return [Prediction(label) for label in labels]
             probs = torch.softmax(out, dim=1).tolist()
             return [Prediction(lab, p) for lab, p in zip(labels, probs, strict=True)]
         values = out.tolist()
@@ -229,14 +228,14 @@ class OnlineLearner:
 
     def predict_one(self, x: Any) -> Prediction:
         """Eval-mode prediction (frozen normalizer statistics); changes nothing."""
-        return self._decode(self._forward_eval(self.check_x(x)[None]), with_probabilities=True)[0]
+        return self._decode(self._forward_eval(self.check_x(x)[None]))[0]
 
     def predict_many(self, xs: Sequence[Any]) -> list[Prediction]:
         """Predictions for many samples in one eval-mode forward; changes nothing."""
         if len(xs) == 0:
             return []
         batch = torch.stack([self.check_x(x) for x in xs])
-        return self._decode(self._forward_eval(batch), with_probabilities=True)
+        return self._decode(self._forward_eval(batch))
 
     # ------------------------------------------------------------------- learning
     def learn_one(self, x: Any, y: Any) -> LearnResult:
@@ -319,7 +318,7 @@ class OnlineLearner:
             prediction = int(label[0])
             score = float(prediction == int(y))
         else:
-            prediction = self._decode(source, with_probabilities=False)[0].prediction
+            prediction = self._decode(source)[0].prediction
             score = float((torch.as_tensor(prediction, dtype=torch.float32) - y).abs().mean())
         self.metrics.update(loss_value, score)
         return LearnResult(step=self.step, loss=loss_value, prediction=prediction)
