@@ -71,32 +71,6 @@ def _forward_coefficient(alpha_fwd: float, n: int, seen: Tensor | None, dtype: t
     return torch.clamp((t + 1) / (t + 2), max=alpha_fwd)[:, None].to(dtype)
 
 
-def forward_statistics(
-    x: Tensor, mu: Tensor, var: Tensor, alpha_fwd: float, seen: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Per-sample statistics and the state each sample is normalized with.
-
-    Returns ``(mu_before, var_before, mu_last, var_last, mean_s, var_s)``: the first two
-    are ``(N, C)`` (the state sample ``n`` sees), the next two ``(C,)`` (the state after
-    the batch), the last two ``(N, C)`` spatial mean and variance of each sample.
-
-    This is the plain statement of the forward recurrences; the training path
-    (:class:`OnlineNormFunction`) computes the same quantities in fewer passes.
-    """
-    cdt = state_dtype(x)
-    xc = _as(x, cdt)
-    if x.dim() > 2:
-        var_s, mean_s = torch.var_mean(xc, dim=tuple(range(2, x.dim())), correction=0)
-    else:
-        mean_s, var_s = xc, torch.zeros_like(xc)
-    a = _forward_coefficient(alpha_fwd, x.shape[0], seen, cdt)
-    mu_before, mu_last = linear_scan(a, (1 - a) * mean_s, _as(mu, cdt))
-    d = mean_s - mu_before
-    var_in = (1 - a) * (var_s + a * d * d)
-    var_before, var_last = linear_scan(a, var_in, _as(var, cdt))
-    return mu_before, var_before, mu_last, var_last, mean_s, var_s
-
-
 def _variance_input(a: float | Tensor, msq: Tensor, d: Tensor | None, out: Tensor) -> Tensor:
     """``(1 - a) * (var_S + a * d**2)``, the input of the variance recurrence, into ``out``.
 
