@@ -36,8 +36,8 @@ class InvalidSampleError(ValueError):
     """``x`` or ``y`` does not fit the model's spec; the message names the problem."""
 
 
-class NonFiniteStepError(ArithmeticError):
-    """A step's loss or gradients were not finite; the learner was left as before.
+class StepRolledBackError(Exception):
+    """A step did not happen, and the learner was left exactly as before it.
 
     In :meth:`OnlineLearner.learn_many`, ``index`` is the failing sample and ``results``
     holds the results of the samples before it, which stay applied.
@@ -47,6 +47,20 @@ class NonFiniteStepError(ArithmeticError):
         super().__init__(message)
         self.index = index
         self.results = results or []
+
+
+class NonFiniteStepError(StepRolledBackError, ArithmeticError):
+    """A step's loss or gradients were not finite; the learner was left as before."""
+
+
+class StepFailedError(StepRolledBackError, RuntimeError):
+    """The forward or backward pass raised (an allocation failed, say); the learner was
+    left as before, ON buffers included."""
+
+
+class LearnerCorruptedError(RuntimeError):
+    """The optimizer update itself raised, so the weights may be half-updated: the
+    learner must not be used again; rebuild it from its last good state."""
 
 
 @dataclass(frozen=True)
@@ -256,8 +270,8 @@ class OnlineLearner:
         for i, (xt, yt) in enumerate(checked):
             try:
                 results.append(self._step(xt, yt))
-            except NonFiniteStepError as exc:
-                raise NonFiniteStepError(f"sample {i}: {exc}", index=i, results=results) from exc
+            except StepRolledBackError as exc:
+                raise type(exc)(f"sample {i}: {exc}", index=i, results=results) from exc
         return results
 
     def _clear_grads(self) -> None:
@@ -284,8 +298,20 @@ class OnlineLearner:
 
     def _step(self, x: Tensor, y: Tensor) -> LearnResult:
         xb, yb = x[None].to(self.device), y[None].to(self.device)
-        prediction_out = None if self._train_output_is_prediction else self._forward_eval(xb)
         health = self._save_norm_state()
+        try:
+            return self._try_step(xb, yb, y, health)
+        except (StepRolledBackError, LearnerCorruptedError):
+            raise
+        except Exception as exc:  # forward or backward raised: nothing was updated but ON state
+            self._restore_norm_state(health)
+            self._clear_grads()
+            raise StepFailedError(
+                f"the step failed ({type(exc).__name__}: {exc}); it was rolled back"
+            ) from exc
+
+    def _try_step(self, xb: Tensor, yb: Tensor, y: Tensor, health: list[Tensor | None]) -> LearnResult:
+        prediction_out = None if self._train_output_is_prediction else self._forward_eval(xb)
         self._set_training(True)
         out = self.network(xb)
         loss = self._loss(out, yb)
@@ -311,8 +337,6 @@ class OnlineLearner:
                 f"non-finite {what} ({loss_value if what == 'loss' else grad_value}); "
                 "the step was rolled back"
             )
-        self.optimizer.step()
-        self.step += 1
         prediction: PredictionValue
         if self._classify:
             prediction = int(label[0])
@@ -320,6 +344,13 @@ class OnlineLearner:
         else:
             prediction = self._decode(source)[0].prediction
             score = float((torch.as_tensor(prediction, dtype=torch.float32) - y).abs().mean())
+        try:
+            self.optimizer.step()
+        except Exception as exc:
+            raise LearnerCorruptedError(
+                f"the optimizer update failed ({type(exc).__name__}: {exc}); the weights may be half-updated"
+            ) from exc
+        self.step += 1
         self.metrics.update(loss_value, score)
         return LearnResult(step=self.step, loss=loss_value, prediction=prediction)
 
@@ -392,14 +423,33 @@ class OnlineLearner:
     @classmethod
     def from_state_bytes(cls, data: bytes, device: str | torch.device = "cpu") -> OnlineLearner:
         """Rebuild a learner that continues exactly like the one that was saved."""
-        tensors, meta = load_state(data)
-        if meta.get("format") != STATE_FORMAT:
-            raise ValueError(f"unsupported state format {meta.get('format')!r}")
+        tensors, meta = _load_checked(data)
         learner = cls(meta["spec"], device=device)
-        learner.network.load_state_dict(unprefixed(tensors, "net."), strict=True)
-        learner.optimizer.load_state_dict(
-            optimizer_from_parts(unprefixed(tensors, "opt."), meta["optimizer"])
-        )
-        learner.step = int(meta["step"])
-        learner.metrics = PrequentialMetrics.from_json(meta["metrics"])
+        learner._load_parts(tensors, meta)
         return learner
+
+    def load_state_bytes(self, data: bytes) -> None:
+        """Replace this learner's whole state with a saved one of the same spec, in place:
+        afterwards it continues exactly as :meth:`from_state_bytes` of ``data`` would,
+        without building a new network and optimizer."""
+        tensors, meta = _load_checked(data)
+        spec = ModelSpec.model_validate(meta["spec"])
+        if spec != self.spec:
+            raise ValueError(f"the state is of another spec ({spec.name!r}), not this learner's")
+        self._load_parts(tensors, meta)
+
+    def _load_parts(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        self.network.load_state_dict(unprefixed(tensors, "net."), strict=True)
+        self.optimizer.load_state_dict(optimizer_from_parts(unprefixed(tensors, "opt."), meta["optimizer"]))
+        self.step = int(meta["step"])
+        self.metrics = PrequentialMetrics.from_json(meta["metrics"])
+        for module in self._health:  # diagnostics of the last forward: a fresh learner has none
+            _set_health_record(module, None)
+        self._clear_grads()
+
+
+def _load_checked(data: bytes) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    tensors, meta = load_state(data)
+    if meta.get("format") != STATE_FORMAT:
+        raise ValueError(f"unsupported state format {meta.get('format')!r}")
+    return tensors, meta

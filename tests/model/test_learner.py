@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from model.learner import InvalidSampleError, NonFiniteStepError, OnlineLearner
+from model.learner import (
+    InvalidSampleError,
+    LearnerCorruptedError,
+    NonFiniteStepError,
+    OnlineLearner,
+    StepFailedError,
+)
 
 DIGITS_LIKE = {"name": "d", "task": "classification", "input_shape": [12], "num_classes": 3}
 SPECS: dict[str, dict[str, Any]] = {
@@ -137,6 +143,77 @@ def test_learn_many_reports_the_failing_index_and_keeps_earlier_samples() -> Non
     assert info.value.index == 2
     assert len(info.value.results) == 2
     assert learner.step == 2
+
+
+def test_a_step_that_raises_after_the_forward_rolls_back_the_on_state() -> None:
+    """The forward advanced every ON layer's mu/var before the loss raised (a label the
+    checks would have refused, fed past them): all of it is undone."""
+    learner = OnlineLearner(DIGITS_LIKE)
+    xs, ys = _stream(DIGITS_LIKE, 4, seed=9)
+    learner.learn_many(xs[:3], ys[:3])
+    before = learner.state_bytes()
+    with pytest.raises(StepFailedError, match="rolled back") as info:
+        learner._step(learner.check_x(xs[3]), torch.tensor(7))
+    assert isinstance(info.value.__cause__, IndexError | RuntimeError)
+    assert learner.state_bytes() == before
+    assert learner.learn_one(xs[3], ys[3]).step == 4
+
+
+def test_a_backward_that_raises_rolls_back_the_control_processes() -> None:
+    learner = OnlineLearner(DIGITS_LIKE)
+    xs, ys = _stream(DIGITS_LIKE, 5, seed=10)
+    learner.learn_many(xs[:3], ys[:3])
+    before = learner.state_bytes()
+    first = next(learner.network.input_norm.parameters(), None) or learner.network.blocks[0][0].weight
+
+    def boom(grad: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("out of memory (as an allocator would say)")
+
+    handle = first.register_hook(boom)
+    with pytest.raises(StepFailedError, match="out of memory") as info:
+        learner.learn_many(xs[3:], ys[3:])
+    handle.remove()
+    assert info.value.index == 0 and info.value.results == []
+    assert learner.state_bytes() == before
+    assert [r.step for r in learner.learn_many(xs[3:], ys[3:])] == [4, 5]
+
+
+def test_a_failing_optimizer_update_marks_the_learner_corrupted() -> None:
+    learner = OnlineLearner(DIGITS_LIKE)
+    xs, ys = _stream(DIGITS_LIKE, 1, seed=11)
+
+    def boom(*_: Any) -> None:
+        raise RuntimeError("allocation failed")
+
+    learner.optimizer.register_step_pre_hook(boom)
+    with pytest.raises(LearnerCorruptedError, match="optimizer update failed"):
+        learner.learn_one(xs[0], ys[0])
+
+
+@pytest.mark.parametrize("key", sorted(SPECS))
+def test_loading_state_in_place_equals_a_fresh_restore(key: str) -> None:
+    """``load_state_bytes`` into a learner that has its own history continues exactly
+    like ``from_state_bytes`` of the same blob."""
+    spec = SPECS[key]
+    xs, ys = _stream(spec, 24, seed=12)
+    source = OnlineLearner(spec)
+    source.learn_many(xs[:8], ys[:8])
+    blob = source.state_bytes()
+    target = OnlineLearner(spec)
+    target.learn_many(xs[8:16], ys[8:16])  # a different past, to be replaced entirely
+    target.predict_one(xs[0])
+    target.load_state_bytes(blob)
+    fresh = OnlineLearner.from_state_bytes(blob)
+    assert target.state_bytes() == fresh.state_bytes() == blob
+    assert target.learn_many(xs[16:], ys[16:]) == fresh.learn_many(xs[16:], ys[16:])
+    assert target.state_bytes() == fresh.state_bytes()
+    assert target.norm_stats() == fresh.norm_stats()
+
+
+def test_loading_state_of_another_spec_is_refused() -> None:
+    other = OnlineLearner({**DIGITS_LIKE, "name": "other"})
+    with pytest.raises(ValueError, match="another spec"):
+        OnlineLearner(DIGITS_LIKE).load_state_bytes(other.state_bytes())
 
 
 def test_learn_many_validates_every_sample_before_applying_any() -> None:
