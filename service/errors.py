@@ -69,6 +69,16 @@ class UnavailableError(ServiceError):
         super().__init__(detail, headers={"Retry-After": "1"})
 
 
+class GatewayTimeoutError(ServiceError):
+    """A request was logged, but its owner did not apply it in time: it will be applied,
+    and a retry with the same Idempotency-Key gets its answer."""
+
+    status_code = 504
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "1"})
+
+
 def json_response(status_code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     """A JSON response serialized by orjson (fast; refuses NaN by writing null)."""
     return Response(

@@ -9,15 +9,13 @@ or after a step, never in the middle of one.
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from model.learner import LearnResult, NonFiniteStepError, OnlineLearner, Prediction
+from model.learner import LearnResult, OnlineLearner, Prediction, StepRolledBackError
 from model.spec import ModelSpec
-from service.store.log import LearnEntry, Rollback, parse_id
 
 
 @dataclass(frozen=True)
@@ -114,37 +112,26 @@ class LiveModel:
         return self._layers
 
     # Everything below blocks (torch work): call it from a worker thread.
-    def apply(self, kind: str, xs: Sequence[Any], ys: Sequence[Any], at: float | None = None) -> Outcome:
-        """One optimizer step per sample, in order; stops at a non-finite step, which is
-        rolled back (the samples before it stay applied)."""
+    def apply(self, kind: str, xs: Sequence[Any], ys: Sequence[Any], at: float) -> Outcome:
+        """One optimizer step per sample, in order; stops at a step that is not finite or
+        that raises, which is rolled back (the samples before it stay applied). ``at`` is
+        the request's log time: every replica that applies it records the same time.
+        ``LearnerCorruptedError`` (the update itself failed) propagates: rebuild the model."""
         with self.lock:
             try:
                 results = self.learner.learn_many(xs, ys)
                 outcome = Outcome(kind, self.learner.step, results)
-            except NonFiniteStepError as exc:
+            except StepRolledBackError as exc:
                 outcome = Outcome(kind, self.learner.step, exc.results, str(exc), exc.index)
         if outcome.results:
-            self.updated_at = time.time() if at is None else at
+            self.updated_at = at
         return outcome
 
-    def replay(self, entries: list[LearnEntry], rollbacks: dict[str, Rollback]) -> list[Outcome]:
-        """Apply logged requests exactly as they were applied live: an entry with a
-        recorded rollback applies only the samples that took effect then."""
-        outcomes = []
-        for entry in entries:
-            samples = entry.samples
-            rollback = rollbacks.get(entry.id)
-            if rollback is not None:
-                samples = samples[: rollback.applied]
-            at = parse_id(entry.id)[0] / 1000.0
-            if samples:
-                outcome = self.apply(entry.kind, [s[0] for s in samples], [s[1] for s in samples], at)
-            else:
-                outcome = Outcome(entry.kind, self.learner.step, [])
-            if rollback is not None and outcome.error is None:
-                outcome = replace(outcome, error=rollback.error, failed_index=rollback.applied)
-            outcomes.append(outcome)
-        return outcomes
+    def load_state(self, data: bytes, updated_at: float | None) -> None:
+        """Replace the whole learner state (a snapshot), in place."""
+        with self.lock:
+            self.learner.load_state_bytes(data)
+            self.updated_at = updated_at
 
     def predict(self, xs: Sequence[Any]) -> tuple[int, list[Prediction]]:
         with self.lock:

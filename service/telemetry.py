@@ -64,9 +64,42 @@ class Telemetry:
         self.stats_publishes = Counter(
             "onlinenorm_stats_publishes", "normalizer stats publishes", ["result"], registry=r
         )
-        self.models = Gauge("onlinenorm_models", "models loaded", registry=r)
+        self.models = Gauge("onlinenorm_models", "models this replica serves (owned or followed)", registry=r)
         self.redis_up = Gauge(
             "onlinenorm_redis_up", "1 when Redis was reachable at the last check", registry=r
+        )
+        self.replicas_live = Gauge(
+            "onlinenorm_replicas_live", "live replicas, as this one sees them", registry=r
+        )
+        self.models_owned = Gauge(
+            "onlinenorm_models_owned", "models whose steps this replica applies", registry=r
+        )
+        self.lease_acquisitions = Counter(
+            "onlinenorm_lease_acquisitions", "model leases taken by this replica", registry=r
+        )
+        self.lease_losses = Counter(
+            "onlinenorm_lease_losses",
+            "model leases this replica lost while it owned the model (taken, expired, gone)",
+            ["reason"],
+            registry=r,
+        )
+        self.remote_learns = Counter(
+            "onlinenorm_remote_learns", "learn requests handed to another replica through the log", registry=r
+        )
+        self.redis_data_loss = Counter(
+            "onlinenorm_redis_data_loss",
+            "times this replica saw Redis lose data (its instance marker or a model's keys vanished)",
+            registry=r,
+        )
+        self.models_repersisted = Counter(
+            "onlinenorm_models_repersisted",
+            "models re-persisted from memory after Redis lost them",
+            registry=r,
+        )
+        self.idempotency_evicted = Counter(
+            "onlinenorm_idempotency_evicted",
+            "Idempotency-Key records forgotten before their window ended (the byte bound)",
+            registry=r,
         )
         self.watch = WatchMetrics(r)
 

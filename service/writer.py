@@ -1,16 +1,25 @@
-"""The single writer of one model: requests are logged, then applied, then answered.
+"""The single writer of one model, on the replica that owns it: requests are logged,
+then applied, then answered.
 
-Learn requests join the model's queue in arrival order. One asyncio task per model
-drains everything queued (a group), writes it to the write-ahead log in one
-MULTI/EXEC round trip (group commit), applies it in a worker thread, one optimizer
-step per sample and in order, and only then answers. Between groups it writes
-snapshots and normalizer stats when they are due. So updates are never concurrent,
-never lost once acknowledged, and never applied unless logged.
+Learn requests received by this replica join the model's queue in arrival order. One
+asyncio task drains everything queued (a group) and appends it to the write-ahead log
+in one fenced script call (group commit), which also returns, in the same round trip,
+any entries other replicas appended since the last one applied here. It applies all of
+them in log order in a worker thread, one optimizer step per sample, then records what
+must be durable before anything later is acknowledged (rollbacks, the outcomes other
+replicas wait for, a snapshot a sync asked for) in one more fenced call, and only then
+answers. A bell (a one-item list that non-owners push to) wakes it when other replicas
+append while nothing is queued here. Between groups it writes snapshots and normalizer
+stats when they are due.
 
-When a log write fails, the writer cannot know whether Redis kept it (the reply may
-be what was lost). It answers 503 and, before its next write, re-reads the log after
-its last applied entry and applies whatever is there: the log is the truth, and the
-live model always equals what a restart would rebuild from it.
+Every write is fenced by the lease token: when Redis refuses one, this replica is no
+longer the owner; the writer stops and hands back what it had not finished, so the
+requests still get their answers through the new owner.
+
+When a log write fails on the connection, the writer cannot know whether Redis kept it.
+It answers 503 and, before its next write, reads the log after its last applied entry
+and applies whatever is there: the log is the truth, and the live model always equals
+what a replay would rebuild.
 """
 
 from __future__ import annotations
@@ -20,46 +29,60 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from model.learner import LearnerCorruptedError
+from service.answers import Answer, SyncReply
+from service.applier import Applied, apply_entry
 from service.config import Settings
-from service.errors import InvalidInputError, NotFoundError, ServiceError, UnavailableError
-from service.idempotency import IdempotencyRecords, Record, fingerprint
+from service.errors import InvalidInputError, ServiceError, UnavailableError
+from service.idempotency import IdempotencyRecords, fingerprint
 from service.live import LiveModel, Outcome
-from service.store import keys, log, snapshots, stats
+from service.store import keys, log, results, snapshots, stats
 from service.store.connection import UNREACHABLE, RedisHealth
+from service.store.fencing import Fence, FencedError, FencedWrite
 from service.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
 _RETRY_FIRST = 0.5
 _RETRY_MAX = 30.0
+_BELL_BLOCK_SECONDS = 1.0
 
 
 @dataclass(eq=False)
 class LearnJob:
-    """One validated learn request waiting for the writer."""
+    """One validated learn request waiting for its answer."""
 
     kind: str
     xs: list[Any]
     ys: list[Any]
     samples_json: bytes
-    idempotency_key: str | None = None
+    idempotency_key: str | None
+    req: str  # the nonce its log entry carries, under which its outcome is published
     future: asyncio.Future[Answer] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    logged_at_ms: int = 0  # when this replica appended it (0: not yet)
 
     @property
     def size(self) -> int:
         return len(self.xs)
 
 
-@dataclass(frozen=True)
-class Answer:
-    outcome: Outcome
-    replayed: bool = False  # answered from an Idempotency-Key record, not applied again
+@dataclass
+class WriterExit:
+    """Why a writer stopped, and the requests it leaves to be answered elsewhere:
+    ``unlogged`` were never appended; ``unanswered`` are in the log but their answers
+    were not made durable here (a new owner will apply them)."""
+
+    reason: str  # handover, shutdown, deleted, gone, taken, expired, rebuild
+    unlogged: list[LearnJob] = field(default_factory=list)
+    unanswered: list[LearnJob] = field(default_factory=list)
+    answers: dict[str, Answer] = field(default_factory=dict)  # of unanswered ones, by req ("gone")
 
 
 @dataclass
@@ -91,40 +114,70 @@ class _Schedule:
         self.retry_at = now + min(_RETRY_FIRST * 2 ** (self.failures - 1), _RETRY_MAX)
 
 
+#: Stop reasons: the lease is no longer ours.
+LOST = ("gone", "taken", "expired")
+#: Stop reason: the live state cannot be trusted (or its outcome was not recorded):
+#: release the lease and rebuild the model from Redis.
+REBUILD = "rebuild"
+
+
+class _Stop(Exception):
+    """Leave the writer loop: the lease is gone, or the model must be rebuilt."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class ModelWriter:
-    """Owns all writes of one :class:`LiveModel`: its learns, snapshots and stats."""
+    """Owns all writes of one :class:`LiveModel` while this replica holds its lease."""
 
     def __init__(
         self,
         model: LiveModel,
         *,
+        fence: Fence,
         redis: Redis,
         health: RedisHealth,
         settings: Settings,
         telemetry: Telemetry,
-        last_id: str,
         records: IdempotencyRecords,
+        last_id: str,
         snapshot_step: int,
         snapshot_log_id: str,
+        deliver: Callable[[str, Answer], bool],
+        on_exit: Callable[[ModelWriter, WriterExit], None],
     ) -> None:
         self.model = model
+        self.fence = fence
         self.redis = redis
         self.health = health
         self.settings = settings
         self.telemetry = telemetry
         self.records = records
+        self.replica = settings.replica_id
         self._prefix = settings.KEY_PREFIX
         self._log_key = keys.log_key(self._prefix, model.name)
+        self._bell_key = keys.bell_key(self._prefix, model.name)
+        self._deliver = deliver  # answers for this replica's own remote waiters
+        self._on_exit = on_exit
         self._last_id = last_id
-        self._uncertain = False
+        self._remote_pending = True  # other replicas may have appended while we took over
         self._queue: deque[LearnJob] = deque()
         self._wake = asyncio.Event()
-        self._closing = False
-        self._drop_reason: ServiceError | None = None
+        self.accepting = True
+        self._stop_reason: str | None = None
+        self._discard: ServiceError | None = None
         self._task: asyncio.Task[None] | None = None
-        # A snapshot is owed when the log moved past it (a rolled-back entry moves the
-        # log but not the step); stats are owed when the step moved.
+        self._bell_task: asyncio.Task[None] | None = None
+        self._exited = asyncio.Event()
+        self._logged: list[LearnJob] = []  # appended in the current cycle, not yet answered
+        self._followers: list[LearnJob] = []  # retries within the current group, not logged
+        self._computed: dict[str, Answer] = {}  # answers of the logged ones, if Redis lost the log
+        # A snapshot is owed when the log moved past it (a rolled-back entry, or a sync,
+        # moves the log but not the step); its state is rewritten only if a step changed it.
         self._snapshot_log_id = snapshot_log_id
+        self._state_changed = False
         self._snapshot = _Schedule(
             settings.SNAPSHOT_EVERY_STEPS, settings.SNAPSHOT_EVERY_SECONDS, snapshot_step
         )
@@ -135,63 +188,119 @@ class ModelWriter:
         """Id of the last log entry applied to the live model."""
         return self._last_id
 
+    @property
+    def snapshot_log_id(self) -> str:
+        return self._snapshot_log_id
+
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """Start (or, after a :meth:`stop`, restart) the writer task."""
-        self._closing = False
-        self._drop_reason = None
         self._task = asyncio.create_task(self._run(), name=f"writer:{self.model.name}")
+        self._bell_task = asyncio.create_task(self._listen_bell(), name=f"bell:{self.model.name}")
 
-    async def stop(self, *, discard: ServiceError | None = None, final_snapshot: bool = True) -> None:
-        """Finish the group in progress, then either apply what is queued (shutdown) or
-        refuse it with ``discard`` (deletion); optionally write a last snapshot."""
-        self._closing = True
-        self._drop_reason = discard
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
-        if final_snapshot and self.health.up:
-            await self._write_snapshot(time.monotonic())
-
-    # ------------------------------------------------------------------- learning
-    async def submit(self, job: LearnJob) -> Answer:
-        """Queue a learn request and wait until it is logged and applied (or refused)."""
-        if self._closing:
-            raise NotFoundError(f"model {self.model.name!r} is being deleted or the service is stopping")
-        if not self.health.up:
-            self.telemetry.learn_unavailable.inc()
-            self.telemetry.watch.count_unavailable(self.model.name)
-            raise UnavailableError("Redis is unreachable: the sample was not logged, so it was not applied")
+    def submit(self, job: LearnJob) -> None:
+        """Queue a validated request; its future resolves once applied (or refused)."""
         self._queue.append(job)
         self._wake.set()
-        return await job.future
 
+    def lose(self, reason: str) -> None:
+        """The lease was lost (seen by the renewer): stop before the next write."""
+        self.accepting = False
+        if self._stop_reason not in LOST:
+            self._stop_reason = reason
+        self._wake.set()
+
+    async def stop(self, reason: str, *, discard: ServiceError | None = None) -> None:
+        """Stop writing. ``handover``/``shutdown``: apply what is queued, write a last
+        snapshot and release the lease. ``deleted``: refuse what is queued with ``discard``."""
+        self.accepting = False
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            self._discard = discard
+        self._wake.set()
+        await self._exited.wait()
+
+    async def record_replay(self, applied: list[Applied]) -> None:
+        """After a takeover's replay: record its new rollbacks, publish the outcomes
+        other replicas wait for, answer this replica's own waiters. Raises
+        :class:`FencedError` if the lease was lost meanwhile."""
+        for a in applied:
+            outcome = a.answer.outcome
+            if outcome is not None and outcome.results and not a.answer.replayed:
+                self._state_changed = True
+        try:
+            await self._record(applied, {})
+        except _Stop as stop:
+            raise FencedError(self.model.name, stop.reason) from stop
+
+    # ----------------------------------------------------------------- main loop
     async def _run(self) -> None:
+        exit_ = WriterExit("handover")
+        try:
+            await self._loop()
+            exit_.reason = self._stop_reason or "handover"
+            await self._finish(exit_)
+        except _Stop as stop:
+            exit_.reason = stop.reason
+        except Exception:  # a bug: rebuild from Redis, keep the requests answerable
+            logger.exception("model %s: writer failed", self.model.name)
+            exit_.reason = REBUILD
+        finally:
+            exit_.unanswered = [j for j in self._logged if not j.future.done()]
+            exit_.answers, self._computed = self._computed, {}
+            exit_.unlogged = [j for j in (*self._followers, *self._queue) if not j.future.done()]
+            self._logged, self._followers = [], []
+            self._queue.clear()
+            if self._bell_task is not None:
+                self._bell_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._bell_task
+            self._exited.set()
+            self._on_exit(self, exit_)
+
+    async def _loop(self) -> None:
         while True:
-            if not self._queue:
-                if self._closing:
-                    return
+            if self._stop_reason in LOST:
+                raise _Stop(self._stop_reason)
+            if self._stop_reason == "deleted":
+                _fail(list(self._queue), self._discard or UnavailableError("the model is being deleted"))
+                self._queue.clear()
+                return
+            draining = self._stop_reason is not None  # handover/shutdown: finish what is queued here
+            if self._queue or (self._remote_pending and not draining and self.health.up):
+                await self._cycle()  # while Redis is down it refuses what is queued
+            elif draining:
+                return
+            else:
                 self._wake.clear()
+                timeout = self._seconds_until_due()
+                if self._remote_pending:  # Redis is down: look again soon
+                    timeout = min(timeout or _RETRY_FIRST, _RETRY_FIRST)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._seconds_until_due())
-            if self._queue:
-                if self._closing and self._drop_reason is not None:
-                    self._fail(list(self._queue), self._drop_reason)
-                    self._queue.clear()
-                    return
-                group = self._take_group()
-                try:
-                    await self._commit(group)
-                except Exception as exc:  # a bug: answer 500, keep the writer alive
-                    logger.exception("model %s: learn group failed", self.model.name)
-                    self._fail(group, ServiceError(f"internal error: {exc}"))
+                    await asyncio.wait_for(self._wake.wait(), timeout=timeout)
             try:
                 await self._persist_if_due()
-            except Exception:
-                logger.exception("model %s: periodic persistence failed", self.model.name)
+            except FencedError as exc:
+                raise _Stop(exc.reason) from exc
 
+    async def _finish(self, exit_: WriterExit) -> None:
+        """Graceful end (handover, shutdown): a last snapshot, then release the lease."""
+        if exit_.reason not in ("handover", "shutdown") or not self.health.up:
+            return
+        try:
+            if exit_.reason == "handover" or self.settings.SNAPSHOT_ON_SHUTDOWN:
+                await self._write_snapshot(time.monotonic(), final=True)
+            write = FencedWrite(self.fence)
+            write.command("DEL", keys.lease_key(self._prefix, self.model.name))
+            await write.run(self.redis)
+        except FencedError as exc:
+            exit_.reason = exc.reason
+        except (*UNREACHABLE, RedisError) as exc:
+            logger.warning("model %s: could not hand over cleanly: %s", self.model.name, exc)
+
+    # -------------------------------------------------------------------- cycles
     def _take_group(self) -> list[LearnJob]:
+        if not self._queue:
+            return []
         group = [self._queue.popleft()]
         samples = group[0].size
         while self._queue and samples + self._queue[0].size <= self.settings.MAX_GROUP_SAMPLES:
@@ -200,97 +309,172 @@ class ModelWriter:
             group.append(job)
         return group
 
-    async def _commit(self, group: list[LearnJob]) -> None:
+    async def _cycle(self) -> None:
         if not self.health.up:
-            self._refuse_unavailable(group)
+            self._refuse_unavailable(list(self._queue))
+            self._queue.clear()
             return
-        if self._uncertain:
-            try:
-                await self._reconcile()
-            except UNREACHABLE as exc:
-                self.health.mark_down(exc)
-                self._refuse_unavailable(group)
-                return
-        to_log, followers = self._answer_known_keys(group)
-        if not to_log:
-            return
+        to_log, followers = self._answer_known_keys(self._take_group())
+        self._followers = [f for fs in followers.values() for f in fs]
+        self._remote_pending = False
         started = time.perf_counter()
         try:
-            ids = await log.append_group(
-                self.redis,
-                self._log_key,
-                [log.learn_fields(j.samples_json, j.kind, j.idempotency_key) for j in to_log],
-            )
+            if to_log:
+                pending, ids = await self._append(to_log)
+            else:
+                pending, ids = await log.read_after(self.redis, self._log_key, self._last_id), []
+        except FencedError as exc:
+            self._queue.extendleft(reversed(to_log))  # not logged: left to be answered elsewhere
+            raise _Stop(exc.reason) from exc
         except (*UNREACHABLE, RedisError) as exc:
-            self._uncertain = True
+            self._remote_pending = True  # the write may have landed: read the log first next time
             if isinstance(exc, UNREACHABLE):
                 self.health.mark_down(exc)
             else:
                 logger.warning("model %s: log write refused by Redis: %s", self.model.name, exc)
-            self._refuse_unavailable(to_log + [f for fs in followers.values() for f in fs])
+            self._refuse_unavailable(to_log + self._followers)
+            self._followers = []
             return
+        self._logged = to_log
+        if to_log:
+            self.telemetry.log_append_seconds.observe(time.perf_counter() - started)
+            self.telemetry.group_samples.observe(sum(j.size for j in to_log))
+        own = dict(zip(ids, to_log, strict=True))
+        entries = pending.entries + [self._own_entry(entry_id, job) for entry_id, job in own.items()]
         applied_at = time.perf_counter()
-        self.telemetry.log_append_seconds.observe(applied_at - started)
-        self.telemetry.group_samples.observe(sum(j.size for j in to_log))
-        outcomes = await asyncio.to_thread(self._apply_group, to_log)
+        applied, corrupted = await asyncio.to_thread(self._apply_all, entries, pending.rollbacks, own)
         self.telemetry.apply_seconds.observe(time.perf_counter() - applied_at)
-        self._last_id = ids[-1]
-        rollbacks = []
-        for job, entry_id, outcome in zip(to_log, ids, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                self._fail([job, *followers.get(job.idempotency_key or "", [])], ServiceError(str(outcome)))
-                continue
-            self._count(outcome)
-            if outcome.error is not None:
-                rollbacks.append((entry_id, log.Rollback(outcome.applied, outcome.error)))
-            if job.idempotency_key is not None:
-                self.records.put(job.idempotency_key, Record(fingerprint(job.samples_json), outcome))
-                for follower in followers.get(job.idempotency_key, []):
-                    self._answer_from_record(follower)
-            _resolve(job, Answer(outcome))
-        for entry_id, rollback in rollbacks:
-            await self._log_rollback(entry_id, rollback)
-
-    def _apply_group(self, jobs: list[LearnJob]) -> list[Outcome | Exception]:
-        """Worker thread: apply each request in order (one lock hold per request, so
-        predictions can interleave between requests but never inside a step)."""
-        outcomes: list[Outcome | Exception] = []
-        for job in jobs:
-            try:
-                outcomes.append(self.model.apply(job.kind, job.xs, job.ys))
-            except Exception as exc:  # validated before queueing: should not happen
-                logger.exception("model %s: applying a logged request failed", self.model.name)
-                outcomes.append(exc)
-        return outcomes
-
-    def _count(self, outcome: Outcome) -> None:
-        self.telemetry.samples_learned.inc(outcome.applied)
-        if outcome.error is not None:
-            self.telemetry.nonfinite_steps.inc()
-        self.telemetry.watch.count_learned(self.model.name, outcome.applied, outcome.error is not None)
-
-    async def _log_rollback(self, entry_id: str, rollback: log.Rollback) -> None:
-        """Best effort: without the record, replay reproduces the rollback deterministically."""
+        self._last_id = log.later(self._last_id, pending.last_id)
+        if corrupted:
+            # Record the rollbacks (the failed entry's included), then rebuild from Redis:
+            # the replay answers this group, and everything after the failed entry.
+            await self._record(applied, own, rollbacks_only=True)
+            raise _Stop(REBUILD)
+        if applied:
+            self._last_id = log.later(self._last_id, applied[-1].entry.id)
         try:
-            await log.append_rollback(self.redis, self._log_key, entry_id, rollback)
-        except (*UNREACHABLE, RedisError) as exc:
-            logger.warning("model %s: could not log the rollback of %s: %s", self.model.name, entry_id, exc)
+            await self._record(applied, own)
+        except _Stop as stop:
+            if stop.reason == "gone":  # if Redis lost the model, these answers hold: keep them
+                self._computed = {own[a.entry.id].req: a.answer for a in applied if a.entry.id in own}
+            raise
+        for a in applied:
+            job = own.get(a.entry.id)
+            if job is not None:
+                _resolve(job, a.answer)
+                for follower in followers.get(job.idempotency_key or "", []):
+                    self._answer_follower(follower, a.answer, job)
+        self._logged, self._followers = [], []
 
-    async def _reconcile(self) -> None:
-        """Apply log entries a failed write may have left behind (see module docstring)."""
-        entries, rollbacks = await log.read_after(self.redis, self._log_key, self._last_id)
-        if entries:
-            logger.warning(
-                "model %s: applying %d logged request(s) whose answer was lost in a Redis failure",
-                self.model.name,
-                len(entries),
+    def _own_entry(self, entry_id: str, job: LearnJob) -> log.LogEntry:
+        return log.LogEntry(
+            entry_id, log.LEARN, job.kind, job.samples_json, job.idempotency_key, self.replica, job.req
+        )
+
+    async def _append(self, jobs: list[LearnJob]) -> tuple[log.LogRead, list[str]]:
+        """One fenced call: the entries others appended since ``last_id``, then ours."""
+        write = FencedWrite(self.fence)
+        write.command("XRANGE", self._log_key, f"({self._last_id}", "+")
+        for job in jobs:
+            write.xadd(
+                self._log_key,
+                log.learn_fields(job.samples_json, job.kind, job.idempotency_key, self.replica, job.req),
             )
-            outcomes = await asyncio.to_thread(self.model.replay, entries, rollbacks)
-            for outcome in outcomes:
+        replies = await write.run(self.redis)
+        now_ms = int(time.time() * 1000)
+        for job in jobs:
+            job.logged_at_ms = now_ms
+        pending = log.parse_raw_entries(replies[0])
+        return pending, [i.decode() if isinstance(i, bytes) else str(i) for i in replies[1:]]
+
+    def _apply_all(
+        self, entries: list[log.LogEntry], rollbacks: dict[str, log.Rollback], own: dict[str, LearnJob]
+    ) -> tuple[list[Applied], bool]:
+        """Worker thread: apply each entry in log order (one lock hold per request, so
+        predictions can interleave between requests but never inside a step). Stops at
+        an entry whose optimizer update failed: ``(applied, True)``."""
+        out: list[Applied] = []
+        evicted = self.records.evicted_early
+        try:
+            return self._apply_each(entries, rollbacks, own, out)
+        finally:
+            self.telemetry.idempotency_evicted.inc(self.records.evicted_early - evicted)
+
+    def _apply_each(
+        self,
+        entries: list[log.LogEntry],
+        rollbacks: dict[str, log.Rollback],
+        own: dict[str, LearnJob],
+        out: list[Applied],
+    ) -> tuple[list[Applied], bool]:
+        for entry in entries:
+            job = own.get(entry.id)
+            try:
+                a = apply_entry(
+                    self.model,
+                    self.records,
+                    entry,
+                    rollbacks.get(entry.id),
+                    job.xs if job is not None else None,
+                    job.ys if job is not None else None,
+                )
+            except LearnerCorruptedError as exc:
+                logger.error("model %s: %s; rebuilding it from Redis", self.model.name, exc)
+                # The samples before the failing one were applied cleanly: replay keeps them.
+                out.append(Applied(entry, Answer(), log.Rollback(exc.index, f"the step failed ({exc})")))
+                return out, True
+            outcome = a.answer.outcome
+            if outcome is not None and not a.answer.replayed:
                 self._count(outcome)
-            self.records.put_replayed(entries, outcomes)
-            self._last_id = entries[-1].id
-        self._uncertain = False
+                if outcome.results:
+                    self._state_changed = True
+            out.append(a)
+        return out, False
+
+    async def _record(
+        self, applied: list[Applied], own: dict[str, LearnJob], rollbacks_only: bool = False
+    ) -> None:
+        """Make durable what must be before anything after it is acknowledged: rollbacks,
+        the outcomes other replicas wait for, and the snapshot a sync asked for."""
+        write = FencedWrite(self.fence)
+        for a in applied:
+            if a.rollback is not None:
+                write.xadd(self._log_key, log.rollback_fields(a.entry.id, a.rollback))
+                logger.warning(
+                    "model %s: log entry %s rolled back: %s", self.model.name, a.entry.id, a.rollback.error
+                )
+        syncs = [a for a in applied if a.entry.op == log.SYNC] if not rollbacks_only else []
+        snapshot_log_id = await self._add_snapshot(write) if syncs else ""
+        answers = [
+            (
+                a.entry,
+                Answer(sync=SyncReply(snapshot_log_id, a.entry.id)) if a.entry.op == log.SYNC else a.answer,
+            )
+            for a in applied
+            if a.entry.id not in own
+        ]
+        if not rollbacks_only:
+            results.add_results(
+                write, [(e.req, answer.to_bytes()) for e, answer in answers if e.origin != self.replica]
+            )
+        if len(write):
+            try:
+                await write.run(self.redis)
+            except FencedError as exc:
+                raise _Stop(exc.reason) from exc
+            except (*UNREACHABLE, RedisError) as exc:
+                # What must precede the answers did not land: whoever applies this log
+                # next (this replica once Redis answers, or a new owner) answers them.
+                if isinstance(exc, UNREACHABLE):
+                    self.health.mark_down(exc)
+                logger.warning("model %s: could not record a group's outcome: %s", self.model.name, exc)
+                raise _Stop(REBUILD) from exc
+            if syncs:
+                self._snapshot_written(snapshot_log_id)
+        if not rollbacks_only:
+            for entry, answer in answers:  # this replica's own waiters (a sync, a handed-over learn)
+                if entry.origin == self.replica:
+                    self._deliver(entry.req, answer)
 
     # ---------------------------------------------------------------- idempotency
     def _answer_known_keys(self, group: list[LearnJob]) -> tuple[list[LearnJob], dict[str, list[LearnJob]]]:
@@ -298,12 +482,19 @@ class ModelWriter:
         the group follows its first use. Returns the jobs to log, and the followers."""
         to_log: list[LearnJob] = []
         followers: dict[str, list[LearnJob]] = {}
+        now_ms = int(time.time() * 1000)
         for job in group:
             key = job.idempotency_key
             if key is None:
                 to_log.append(job)
-            elif self.records.get(key) is not None:
-                self._answer_from_record(job)
+                continue
+            record = self.records.lookup(key, now_ms)
+            if record is not None:
+                if record.matches(job.kind, job.samples_json):
+                    self.telemetry.idempotent_replays.inc()
+                    _resolve(job, Answer(record.outcome, replayed=True))
+                else:
+                    _reject(job, _key_reused(key))
             elif key in followers:
                 followers[key].append(job)
             else:
@@ -311,22 +502,18 @@ class ModelWriter:
                 to_log.append(job)
         return to_log, followers
 
-    def _answer_from_record(self, job: LearnJob) -> None:
-        assert job.idempotency_key is not None
-        record = self.records.get(job.idempotency_key)
-        assert record is not None
-        if record.outcome.kind != job.kind or record.fingerprint != fingerprint(job.samples_json):
-            _reject(
-                job,
-                InvalidInputError(
-                    f"Idempotency-Key {job.idempotency_key!r} was already used for a different request"
-                ),
-            )
-            return
-        self.telemetry.idempotent_replays.inc()
-        _resolve(job, Answer(record.outcome, replayed=True))
+    def _answer_follower(self, follower: LearnJob, answer: Answer, first: LearnJob) -> None:
+        if answer.error is not None:
+            _reject(follower, answer.error)
+        elif follower.kind != first.kind or fingerprint(follower.kind, follower.samples_json) != fingerprint(
+            first.kind, first.samples_json
+        ):
+            _reject(follower, _key_reused(follower.idempotency_key or ""))
+        else:
+            self.telemetry.idempotent_replays.inc()
+            _resolve(follower, Answer(answer.outcome, replayed=True))
 
-    # ---------------------------------------------------------------- persistence
+    # --------------------------------------------------------------- persistence
     def _due_in(self, now: float) -> tuple[float | None, float | None]:
         """Seconds until a snapshot and until a stats publish are due (None: not owed)."""
         step = self.model.step
@@ -348,10 +535,19 @@ class ModelWriter:
         if stats_in == 0.0:
             await self._publish_stats(now)
 
-    async def _write_snapshot(self, now: float) -> None:
-        if self._last_id == self._snapshot_log_id:
-            return
+    async def _add_snapshot(self, write: FencedWrite) -> str:
+        """Queue a snapshot as of ``last_id`` on ``write``; returns its log id. The state
+        itself is rewritten only if a step changed it since the last snapshot."""
         log_id = self._last_id
+        if log_id == self._snapshot_log_id:
+            return log_id
+        prefix, name = self._prefix, self.model.name
+        if not self._state_changed:  # only the log moved: move the snapshot's log id, trim
+            write.hset(
+                keys.snapshot_key(prefix, name), {b"log_id": log_id, b"snapshot_at": repr(time.time())}
+            )
+            write.command("XTRIM", self._log_key, "MINID", log.next_id(log_id))
+            return log_id
         step, state = await asyncio.to_thread(self.model.state_bytes)
         snap = snapshots.Snapshot(
             state=state,
@@ -360,30 +556,45 @@ class ModelWriter:
             created_at=self.model.created_at,
             updated_at=self.model.updated_at,
             snapshot_at=time.time(),
-            idempotency=self.records.dumps(),
         )
+        added, removed = self.records.changes()
+        snapshots.add_snapshot(write, snap, added, removed)
+        return log_id
+
+    def _snapshot_written(self, log_id: str) -> None:
+        self.records.mark_persisted()
+        self._state_changed = False
+        self._snapshot_log_id = log_id
+        self.telemetry.snapshots.labels("ok").inc()
+        self._snapshot.done(self.model.step, time.monotonic())
+
+    async def _write_snapshot(self, now: float, final: bool = False) -> None:
+        write = FencedWrite(self.fence)
+        log_id = await self._add_snapshot(write)
+        if not len(write):
+            return
         try:
-            await snapshots.write_snapshot(self.redis, self._prefix, self.model.name, snap)
+            await write.run(self.redis)
         except (*UNREACHABLE, RedisError) as exc:
             self.telemetry.snapshots.labels("error").inc()
             if isinstance(exc, UNREACHABLE):
                 self.health.mark_down(exc)
             self._snapshot.failed(now)
             logger.warning("model %s: snapshot failed, will retry: %s", self.model.name, exc)
+            if final:
+                raise
             return
-        self.telemetry.snapshots.labels("ok").inc()
-        self._snapshot_log_id = log_id
-        self._snapshot.done(step, now)
+        self._snapshot_written(log_id)
 
     async def _publish_stats(self, now: float) -> None:
         # Only this task applies steps, so both reads see the same step.
         (step, layers), (_, metrics) = await asyncio.to_thread(
             lambda: (self.model.read_stats(), self.model.read_metrics())
         )
+        write = FencedWrite(self.fence)
+        summaries = stats.add_stats(write, step, layers, self.settings.STATS_HISTORY, metrics)
         try:
-            summaries = await stats.publish_stats(
-                self.redis, self._prefix, self.model.name, step, layers, self.settings.STATS_HISTORY, metrics
-            )
+            await write.run(self.redis)
         except (*UNREACHABLE, RedisError) as exc:
             self.telemetry.stats_publishes.labels("error").inc()
             if isinstance(exc, UNREACHABLE):
@@ -395,18 +606,44 @@ class ModelWriter:
         self.telemetry.watch.observe(self.model.name, step, summaries, metrics)
         self._stats.done(step, now)
 
-    # ------------------------------------------------------------------- answers
+    # --------------------------------------------------------------------- bell
+    async def _listen_bell(self) -> None:
+        """Wake the writer when another replica appends to the log."""
+        backoff = _RETRY_FIRST
+        while True:
+            try:
+                rang = await self.redis.blpop([self._bell_key], timeout=_BELL_BLOCK_SECONDS)
+                backoff = _RETRY_FIRST
+            except (*UNREACHABLE, RedisError):
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _RETRY_MAX)
+                continue
+            if rang is not None:
+                self._remote_pending = True
+                self._wake.set()
+
+    # ------------------------------------------------------------------ answers
+    def _count(self, outcome: Outcome) -> None:
+        self.telemetry.samples_learned.inc(outcome.applied)
+        if outcome.error is not None:
+            self.telemetry.nonfinite_steps.inc()
+        self.telemetry.watch.count_learned(self.model.name, outcome.applied, outcome.error is not None)
+
     def _refuse_unavailable(self, jobs: list[LearnJob]) -> None:
         self.telemetry.learn_unavailable.inc(len(jobs))
         self.telemetry.watch.count_unavailable(self.model.name, len(jobs))
-        self._fail(
+        _fail(
             jobs, UnavailableError("Redis is unreachable: the sample was not logged, so it was not applied")
         )
 
-    @staticmethod
-    def _fail(jobs: list[LearnJob], error: ServiceError) -> None:
-        for job in jobs:
-            _reject(job, error)
+
+def _key_reused(key: str) -> InvalidInputError:
+    return InvalidInputError(f"Idempotency-Key {key!r} was already used for a different request")
+
+
+def _fail(jobs: list[LearnJob], error: ServiceError) -> None:
+    for job in jobs:
+        _reject(job, error)
 
 
 def _resolve(job: LearnJob, answer: Answer) -> None:

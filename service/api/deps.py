@@ -12,6 +12,7 @@ from fastapi import Depends, Path, Request
 
 from model.spec import NAME_PATTERN
 from service.auth import require_read, require_write
+from service.cluster.replica import Replica
 from service.config import Settings
 from service.errors import InvalidInputError
 from service.registry import ModelHandle, Registry
@@ -37,13 +38,28 @@ _NAME_RE = re.compile(NAME_PATTERN)
 ModelName = Annotated[str, Path(description=f"model name, matching {NAME_PATTERN}", examples=["digits"])]
 
 
-async def get_model(name: ModelName, registry: RegistryDep) -> ModelHandle:
-    """The named model; 422 for an impossible name, 404 for an unknown one."""
+async def get_replica(request: Request) -> Replica:
+    return request.app.state.replica
+
+
+ReplicaDep = Annotated[Replica, Depends(get_replica)]
+
+
+async def get_any_model(name: ModelName, registry: RegistryDep) -> ModelHandle:
+    """The named model, even one that could not be recovered (to read or delete it);
+    422 for an impossible name, 404 for an unknown one."""
     if not _NAME_RE.match(name):
         raise InvalidInputError(f"invalid model name {name!r}: must match {NAME_PATTERN}")
-    return registry.get(name)
+    return await registry.get(name)
 
 
+async def get_model(handle: Annotated[ModelHandle, Depends(get_any_model)]) -> ModelHandle:
+    """The named model, fit to learn and predict (409 if it could not be recovered)."""
+    handle.require_usable()
+    return handle
+
+
+AnyModelDep = Annotated[ModelHandle, Depends(get_any_model)]
 ModelDep = Annotated[ModelHandle, Depends(get_model)]
 ReadAccess = Depends(require_read)
 WriteAccess = Depends(require_write)

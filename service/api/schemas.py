@@ -40,11 +40,18 @@ class ErrorBody(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    spec: ModelSpec
+    spec: ModelSpec | None = Field(description="null only for a model whose spec cannot be read")
     step: int = Field(description="samples learned so far (optimizer steps applied)")
     layers: list[str] = Field(description="the Online Normalization layers, in forward order")
     created_at: dt.datetime
     updated_at: dt.datetime | None = Field(description="when a sample was last applied")
+    owner: str | None = Field(
+        description="the replica that applies its steps (null while none does: a failover in progress)"
+    )
+    status: str = Field(
+        description="ok, or unrecoverable: its state cannot be loaded (see error); DELETE removes it"
+    )
+    error: str | None = Field(None, description="why it is unrecoverable")
 
 
 class ModelList(BaseModel):
@@ -180,7 +187,22 @@ class MetricsResponse(BaseModel):
 
 class HealthResponse(BaseModel):
     status: str
+    replica: str = Field(description="this replica's id (ONLINENORM_REPLICA_ID, default host:pid)")
     redis: str | None = None
+    data_loss: dict[str, Any] | None = Field(
+        None, description="readiness: set once this replica saw Redis lose data under it"
+    )
+
+
+class ReplicaInfo(BaseModel):
+    id: str
+    models: list[str] = Field(description="the models it owns (applies the steps of)")
+    started_at: float | None
+    self: bool = Field(description="the replica that answered")
+
+
+class ReplicaList(BaseModel):
+    replicas: list[ReplicaInfo]
 
 
 LEARN_EXAMPLES = {

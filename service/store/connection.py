@@ -14,32 +14,70 @@ import logging
 import time
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError, RedisError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
 
 #: Errors that mean "Redis is not reachable right now" (not "the command was wrong").
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 _FIRST_BACKOFF = 0.05
+#: Connections per cluster node: each owned model blocks one on its bell, each waited-on
+#: model one on its results, each event stream one (redis-py's default is 100).
+_CLUSTER_MAX_CONNECTIONS = 10_000
 
 
-def make_client(url: str | None, socket_path: str | None, timeout: float) -> Redis:
-    """An asyncio client for ``url`` or a unix socket, with no automatic retries."""
-    options = {
+def _options(timeout: float) -> dict[str, object]:
+    # No automatic retries: a command retried after a timeout may run twice (a log
+    # entry appended twice would be applied twice).
+    return {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "retry": Retry(NoBackoff(), 0),
         "decode_responses": False,
     }
+
+
+def make_client(url: str | None, socket_path: str | None, timeout: float) -> Redis:
+    """An asyncio client for ``url`` or a unix socket, with no automatic retries."""
     if socket_path is not None:
-        return Redis(unix_socket_path=socket_path, **options)
+        return Redis(unix_socket_path=socket_path, **_options(timeout))  # type: ignore[arg-type]
     if url is None:
         raise ValueError("need a Redis URL or a unix socket path")
-    return Redis.from_url(url, **options)
+    return Redis.from_url(url, **_options(timeout))
+
+
+async def is_cluster(client: Redis) -> bool:
+    """Whether the server is a Redis Cluster node (``INFO cluster``)."""
+    info = await client.info("cluster")
+    return bool(info.get("cluster_enabled"))
+
+
+def make_cluster_client(url: str, timeout: float) -> Redis:
+    """A Redis Cluster client, discovering the nodes from the one at ``url``."""
+    client = RedisCluster.from_url(url, max_connections=_CLUSTER_MAX_CONNECTIONS, **_options(timeout))
+    return client  # type: ignore[return-value]  # the same command API as Redis
+
+
+async def disconnect_all(client: Redis) -> None:
+    """Drop pooled connections (after an outage they may be dead)."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        await pool.disconnect()
+        return
+    for node in client.get_nodes():  # type: ignore[attr-defined]
+        await node.disconnect()
 
 
 async def connect(client: Redis, attempts: int, where: str) -> None:
@@ -92,7 +130,7 @@ class RedisHealth:
             return False
         if not self.up:
             # Connections opened before the outage may be dead: drop them all.
-            await self.client.connection_pool.disconnect()
+            await disconnect_all(self.client)
             outage = time.monotonic() - (self.down_since or time.monotonic())
             logger.warning("Redis is reachable again after %.1f s", outage)
             self.up = True

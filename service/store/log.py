@@ -1,21 +1,34 @@
-"""The write-ahead log: a Redis stream per model, one entry per accepted learn request.
+"""The write-ahead log: a Redis stream per model, one entry per accepted request, in the
+one order every replica agrees on. It is also the queue: a replica that is not the
+model's owner appends the learns it receives, and the owner applies them in log order.
 
-A learn entry holds the request's samples as JSON ``[[x, y], ...]``, its kind
-(``one`` or ``batch``: the shape of its answer) and its ``Idempotency-Key`` if any.
-A ``rollback`` entry records that an earlier learn entry had a non-finite step: only
-its first ``applied`` samples took effect. Replay honours it, so recovery does not
-depend on the failure reproducing bit for bit.
+Entries:
+
+* ``learn``: a request's samples as JSON ``[[x, y], ...]``, its ``kind`` (``one`` or
+  ``batch``: the shape of its answer), its ``Idempotency-Key`` if any, the replica that
+  appended it (``origin``) and a nonce (``req``) under which the owner publishes its
+  outcome for whoever waits on it.
+* ``sync``: a no-op a replica appends when it needs the owner's current state; the
+  owner answers it with a fresh snapshot.
+* ``rollback``: an earlier learn entry applied only its first ``applied`` samples (a
+  non-finite step, or a step that raised). Replay honours it, so recovery does not
+  depend on the failure reproducing.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
+from service.store import keys
+from service.store.scripts import scripts
+
 LEARN = b"learn"
+SYNC = b"sync"
 ROLLBACK = b"rollback"
 #: The id before every entry: replay "after 0-0" reads the whole stream.
 START_ID = "0-0"
@@ -23,95 +36,154 @@ _READ_CHUNK = 1000
 
 
 @dataclass(frozen=True)
-class LearnEntry:
-    """One logged learn request."""
+class LogEntry:
+    """One logged request: a learn (``samples_json`` set) or a sync."""
 
     id: str
+    op: bytes
     kind: str
     samples_json: bytes
     idempotency_key: str | None
+    origin: str
+    req: str
 
     @property
     def samples(self) -> list[Any]:
         """``[[x, y], ...]``."""
         return orjson.loads(self.samples_json)
 
+    @property
+    def time_ms(self) -> int:
+        """When Redis appended it (its clock): what idempotency windows are measured in."""
+        return parse_id(self.id)[0]
+
 
 @dataclass(frozen=True)
 class Rollback:
-    """A learn entry stopped at a non-finite step: only ``applied`` samples took effect."""
+    """A learn entry that applied only its first ``applied`` samples, and why."""
 
     applied: int
     error: str
 
 
-def learn_fields(samples_json: bytes, kind: str, idempotency_key: str | None) -> dict[bytes, bytes]:
+def new_req() -> str:
+    """A fresh nonce for an entry: its outcome is published under it."""
+    return uuid.uuid4().hex
+
+
+def learn_fields(
+    samples_json: bytes, kind: str, idempotency_key: str | None, origin: str, req: str
+) -> dict[bytes, bytes]:
     """The stream fields of a learn entry; ``samples_json`` is ``[[x, y], ...]`` as JSON."""
-    fields = {b"op": LEARN, b"kind": kind.encode(), b"samples": samples_json}
+    fields = {
+        b"op": LEARN,
+        b"kind": kind.encode(),
+        b"samples": samples_json,
+        b"origin": origin.encode(),
+        b"req": req.encode(),
+    }
     if idempotency_key is not None:
         fields[b"ikey"] = idempotency_key.encode()
     return fields
 
 
-async def append_group(redis: Redis, key: str, entries: list[dict[bytes, bytes]]) -> list[str]:
-    """Log many entries in one round trip, all or none (MULTI/EXEC); returns their ids.
-
-    One entry is one XADD, atomic by itself. On a connection error the outcome is
-    unknown: the caller must re-read the log after its last applied id before trusting
-    its view again.
-    """
-    if len(entries) == 1:
-        ids = [await redis.xadd(key, entries[0])]  # type: ignore[arg-type]
-    else:
-        pipe = redis.pipeline(transaction=True)
-        for fields in entries:
-            pipe.xadd(key, fields)  # type: ignore[arg-type]
-        ids = await pipe.execute()
-    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+def sync_fields(origin: str, req: str) -> dict[bytes, bytes]:
+    return {b"op": SYNC, b"origin": origin.encode(), b"req": req.encode()}
 
 
-async def append_rollback(redis: Redis, key: str, ref: str, rollback: Rollback) -> str:
-    """Record that entry ``ref`` applied only its first ``rollback.applied`` samples."""
-    fields = {
+def rollback_fields(ref: str, rollback: Rollback) -> dict[bytes, bytes]:
+    return {
         b"op": ROLLBACK,
         b"ref": ref.encode(),
         b"applied": str(rollback.applied).encode(),
         b"error": rollback.error.encode(),
     }
-    entry_id = await redis.xadd(key, fields)  # type: ignore[arg-type]
-    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
-async def read_after(redis: Redis, key: str, after_id: str) -> tuple[list[LearnEntry], dict[str, Rollback]]:
-    """Every learn entry after ``after_id`` in log order, and the rollbacks recorded
-    for them (by learn entry id)."""
-    entries: list[LearnEntry] = []
-    rollbacks: dict[str, Rollback] = {}
+def entry_from_fields(entry_id: str, fields: dict[bytes, bytes]) -> LogEntry | tuple[str, Rollback]:
+    """A learn or sync entry, or ``(ref, rollback)`` for a rollback record."""
+    op = fields.get(b"op")
+    if op in (LEARN, SYNC):
+        ikey = fields.get(b"ikey")
+        return LogEntry(
+            id=entry_id,
+            op=op,
+            kind=fields.get(b"kind", b"").decode(),
+            samples_json=fields.get(b"samples", b"[]"),
+            idempotency_key=ikey.decode() if ikey is not None else None,
+            origin=fields.get(b"origin", b"").decode(),
+            req=fields.get(b"req", b"").decode(),
+        )
+    if op == ROLLBACK:
+        rollback = Rollback(applied=int(fields[b"applied"]), error=fields.get(b"error", b"").decode())
+        return fields[b"ref"].decode(), rollback
+    raise ValueError(f"unknown log entry {entry_id}: op={op!r}")
+
+
+def fields_from_flat(flat: list[Any]) -> dict[bytes, bytes]:
+    """A stream entry's fields as a Lua script returns them: ``[f1, v1, f2, v2, ...]``."""
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+@dataclass
+class LogRead:
+    """Entries read from the log, in order, with the rollbacks recorded for them."""
+
+    entries: list[LogEntry]
+    rollbacks: dict[str, Rollback]
+    last_id: str  # the last id read, rollback records included ('' when nothing was read)
+
+    def add(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        parsed = entry_from_fields(entry_id, fields)
+        if isinstance(parsed, LogEntry):
+            self.entries.append(parsed)
+        else:
+            self.rollbacks[parsed[0]] = parsed[1]
+        self.last_id = entry_id
+
+
+def parse_raw_entries(raw: list[Any]) -> LogRead:
+    """XRANGE's reply as a Lua script returns it: ``[[id, [f1, v1, ...]], ...]``."""
+    read = LogRead([], {}, "")
+    for raw_id, flat in raw:
+        read.add(raw_id.decode(), fields_from_flat(flat))
+    return read
+
+
+async def read_after(redis: Redis, key: str, after_id: str) -> LogRead:
+    """Every entry after ``after_id``, in log order, with the rollbacks recorded for them."""
+    read = LogRead([], {}, "")
     cursor = after_id
     while True:
         chunk = await redis.xrange(key, min=f"({cursor}", max="+", count=_READ_CHUNK)
         for raw_id, fields in chunk:
-            entry_id = raw_id.decode()
-            op = fields.get(b"op")
-            if op == LEARN:
-                ikey = fields.get(b"ikey")
-                entries.append(
-                    LearnEntry(
-                        id=entry_id,
-                        kind=fields[b"kind"].decode(),
-                        samples_json=fields[b"samples"],
-                        idempotency_key=ikey.decode() if ikey is not None else None,
-                    )
-                )
-            elif op == ROLLBACK:
-                rollbacks[fields[b"ref"].decode()] = Rollback(
-                    applied=int(fields[b"applied"]), error=fields.get(b"error", b"").decode()
-                )
-            else:
-                raise ValueError(f"unknown log entry {entry_id} in {key}: op={op!r}")
+            read.add(raw_id.decode(), fields)
         if len(chunk) < _READ_CHUNK:
-            return entries, rollbacks
+            return read
         cursor = chunk[-1][0].decode()
+
+
+async def append_remote(
+    redis: Redis, prefix: str, name: str, incarnation: str, fields: dict[bytes, bytes]
+) -> tuple[str, str | None] | None:
+    """Append one entry from any replica and wake the owner: ``(entry id, lease holder)``,
+    or None when the model (this incarnation of it) no longer exists."""
+    args: list[bytes | str] = [incarnation]
+    for k, v in fields.items():
+        args.extend((k, v))
+    reply = await scripts(redis).append(
+        keys=[
+            keys.meta_key(prefix, name),
+            keys.log_key(prefix, name),
+            keys.bell_key(prefix, name),
+            keys.lease_key(prefix, name),
+        ],
+        args=args,
+    )
+    if reply is None:
+        return None
+    entry_id, holder = reply
+    return entry_id.decode(), holder.decode() if holder else None
 
 
 def parse_id(entry_id: str) -> tuple[int, int]:
@@ -123,3 +195,12 @@ def next_id(entry_id: str) -> str:
     """The smallest id after ``entry_id``: the MINID that trims everything up to it."""
     ms, seq = parse_id(entry_id)
     return f"{ms}-{seq + 1}"
+
+
+def later(a: str, b: str) -> str:
+    """The later of two entry ids (``''`` counts as before every id)."""
+    if not a:
+        return b
+    if not b:
+        return a
+    return a if parse_id(a) >= parse_id(b) else b

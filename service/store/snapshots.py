@@ -1,5 +1,6 @@
-"""Snapshots: the learner's whole state and the log id it includes, written with the
-log trim in one MULTI/EXEC, so a snapshot and the log after it never disagree."""
+"""Snapshots: the learner's whole state and the log id it includes, written (by the owner,
+fenced) with the log trim and the Idempotency-Key records of the same moment in one
+atomic script, so a snapshot, its records and the log after it never disagree."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from service.store import keys
+from service.store.fencing import FencedWrite
 from service.store.log import START_ID, next_id
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 1: before replicas, with the idempotency records inline
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class Snapshot:
     created_at: float
     updated_at: float | None
     snapshot_at: float
-    idempotency: bytes
+    legacy_idempotency: bytes | None = None  # format 1 only
 
     def fields(self) -> dict[bytes, bytes]:
         return {
@@ -34,13 +36,12 @@ class Snapshot:
             b"created_at": repr(self.created_at).encode(),
             b"updated_at": b"" if self.updated_at is None else repr(self.updated_at).encode(),
             b"snapshot_at": repr(self.snapshot_at).encode(),
-            b"idempotency": self.idempotency,
         }
 
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes]) -> Snapshot:
         fmt = int(fields.get(b"format", b"0"))
-        if fmt != SNAPSHOT_FORMAT:
+        if fmt not in (1, SNAPSHOT_FORMAT):
             raise ValueError(f"unsupported snapshot format {fmt}")
         updated = fields.get(b"updated_at", b"")
         return cls(
@@ -50,19 +51,34 @@ class Snapshot:
             created_at=float(fields[b"created_at"]),
             updated_at=float(updated) if updated else None,
             snapshot_at=float(fields[b"snapshot_at"]),
-            idempotency=fields.get(b"idempotency", b"[]"),
+            legacy_idempotency=fields.get(b"idempotency", b"[]") if fmt == 1 else None,
         )
 
 
-async def write_snapshot(redis: Redis, prefix: str, name: str, snapshot: Snapshot) -> None:
-    """Replace the snapshot and drop the log entries it includes, atomically."""
-    pipe = redis.pipeline(transaction=True)
-    pipe.hset(keys.snapshot_key(prefix, name), mapping=snapshot.fields())  # type: ignore[arg-type]
+def add_snapshot(
+    write: FencedWrite,
+    snapshot: Snapshot,
+    records_added: dict[str, bytes],
+    records_removed: list[str],
+) -> None:
+    """Queue, on ``write``: replace the snapshot, trim the log entries it includes, and
+    bring the records hash to the same moment."""
+    prefix, name = write.fence.prefix, write.fence.name
+    write.hset(keys.snapshot_key(prefix, name), snapshot.fields())
     if snapshot.log_id != START_ID:
-        pipe.xtrim(keys.log_key(prefix, name), minid=next_id(snapshot.log_id))
-    await pipe.execute()
+        write.command("XTRIM", keys.log_key(prefix, name), "MINID", next_id(snapshot.log_id))
+    idem = keys.idempotency_key(prefix, name)
+    if records_removed:
+        write.hdel(idem, records_removed)
+    if records_added:
+        write.hset(idem, records_added)
 
 
 async def read_snapshot(redis: Redis, prefix: str, name: str) -> Snapshot | None:
     fields = await redis.hgetall(keys.snapshot_key(prefix, name))
     return Snapshot.from_fields(fields) if fields else None
+
+
+async def read_records(redis: Redis, prefix: str, name: str) -> dict[bytes, bytes]:
+    """The Idempotency-Key records as of the snapshot."""
+    return await redis.hgetall(keys.idempotency_key(prefix, name))

@@ -10,6 +10,7 @@ import orjson
 from redis.asyncio import Redis
 
 from service.store import keys
+from service.store.fencing import FencedWrite
 from service.store.stats_history import layer_summary
 
 
@@ -21,27 +22,24 @@ def _layer_fields(layer: dict[str, Any], step: int, now: float) -> dict[str, byt
     return fields
 
 
-async def publish_stats(
-    redis: Redis,
-    prefix: str,
-    name: str,
+def add_stats(
+    write: FencedWrite,
     step: int,
     layers: list[dict[str, Any]],
     history: int,
     metrics: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Write each layer's hash and append one history entry (layer summaries and the
-    prequential metrics at ``step``), in one transaction. Returns the layer summaries."""
+    """Queue, on the owner's fenced ``write``: each layer's hash and one history entry
+    (layer summaries and the prequential metrics at ``step``). Returns the summaries."""
+    prefix, name = write.fence.prefix, write.fence.name
     now = time.time()
-    pipe = redis.pipeline(transaction=True)
     for layer in layers:
-        pipe.hset(keys.norm_key(prefix, name, layer["name"]), mapping=_layer_fields(layer, step, now))  # type: ignore[arg-type]
+        write.hset(keys.norm_key(prefix, name, layer["name"]), _layer_fields(layer, step, now))
     summaries = [layer_summary(layer) for layer in layers]
     fields = {b"step": str(step).encode(), b"t": repr(now).encode(), b"layers": orjson.dumps(summaries)}
     if metrics is not None:
         fields[b"metrics"] = orjson.dumps(metrics)
-    pipe.xadd(keys.stats_key(prefix, name), fields, maxlen=history, approximate=True)  # type: ignore[arg-type]
-    await pipe.execute()
+    write.xadd(keys.stats_key(prefix, name), fields, "MAXLEN", "~", history)
     return summaries
 
 

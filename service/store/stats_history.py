@@ -132,4 +132,4 @@ async def wait_after(
 
 
 async def model_listed(redis: Redis, prefix: str, name: str) -> bool:
-    return bool(await redis.sismember(keys.models_key(prefix), name))
+    return bool(await redis.hexists(keys.catalog_key(prefix), name))

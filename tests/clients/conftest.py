@@ -81,8 +81,16 @@ def live_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServi
         proc.wait(30)
         log.close()
     if redis_url:
-        leftover = list(redis.Redis.from_url(redis_url).scan_iter(match=f"{prefix}:*"))
-        assert not leftover, f"keys left behind: {leftover[:5]}"
+        rds = redis.Redis.from_url(redis_url)
+        leftover = list(rds.scan_iter(match=f"{prefix}:model:*")) + list(
+            rds.scan_iter(match=f"{prefix}:catalog")
+        )
+        assert not leftover, f"model keys left behind: {leftover[:5]}"
+        # The service-wide keys (the instance marker, the capped events stream) outlive models.
+        service_keys = list(rds.scan_iter(match=f"{prefix}:*"))
+        if service_keys:
+            rds.delete(*service_keys)
+        rds.close()
 
 
 @pytest.fixture

@@ -16,11 +16,12 @@ import redis
 
 from service.config import Settings
 from service.embedded import EmbeddedRedis
+from tests.service.cluster import RedisClusterProcess
 from tests.service.servers import ThreadServer
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def standalone_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``REDIS_URL``, or a real redis-server of our own (the service's embedded one)."""
     url = os.environ.get("REDIS_URL")
     if url:
@@ -32,17 +33,42 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
-def delete_prefix(client: redis.Redis, prefix: str) -> None:
-    """Delete the keys of one test's prefix (the prefix is a uuid: no glob characters)."""
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.delete(*keys)
+@pytest.fixture(scope="session")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real 3-master Redis Cluster of our own, started on first use."""
+    cluster = RedisClusterProcess(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster.url
+    cluster.stop()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``cluster`` run twice: against standalone Redis and a Redis Cluster."""
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("cluster"):
+        metafunc.parametrize("backend", ["standalone", "cluster"], indirect=True)
 
 
 @pytest.fixture
-def rds(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
+def backend(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "standalone")
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest, backend: str) -> str:
+    return request.getfixturevalue("cluster_url" if backend == "cluster" else "standalone_url")
+
+
+def delete_prefix(client: redis.Redis, prefix: str) -> None:
+    """Delete the keys of one test's prefix (the prefix is a uuid: no glob characters)."""
+    for key in list(client.scan_iter(match=f"{prefix}:*", count=1000)):
+        client.delete(key)  # one by one: on a cluster they live in many slots
+
+
+@pytest.fixture
+def rds(redis_url: str, backend: str) -> Iterator[redis.Redis]:
+    client = (
+        redis.RedisCluster.from_url(redis_url) if backend == "cluster" else redis.Redis.from_url(redis_url)
+    )
+    yield client  # type: ignore[misc]
     client.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+from redis.crc import key_slot
 
 from service.config import Settings
 from service.store import keys
@@ -48,9 +49,19 @@ def test_invalid_settings_are_refused() -> None:
 
 
 def test_key_schema() -> None:
-    assert keys.models_key("p") == "p:models"
-    assert keys.spec_key("p", "m") == "p:model:m:spec"
-    assert keys.log_key("p", "m") == "p:model:m:log"
-    assert keys.snapshot_key("p", "m") == "p:model:m:snapshot"
-    assert keys.norm_key("p", "m", "blocks.0.1") == "p:model:m:norm:blocks.0.1"
-    assert keys.stats_key("p", "m") == "p:model:m:stats"
+    assert keys.catalog_key("p") == "p:catalog"
+    assert keys.spec_key("p", "m") == "p:model:{m}:spec"
+    assert keys.log_key("p", "m") == "p:model:{m}:log"
+    assert keys.snapshot_key("p", "m") == "p:model:{m}:snapshot"
+    assert keys.norm_key("p", "m", "blocks.0.1") == "p:model:{m}:norm:blocks.0.1"
+    assert keys.stats_key("p", "m") == "p:model:{m}:stats"
+    assert keys.lease_key("p", "m") == "p:model:{m}:lease"
+    assert keys.legacy_models_key("p") == "p:models"
+    assert keys.legacy_model_keys("p", "m", ["x"])["norm:x"] == "p:model:m:norm:x"
+
+
+@pytest.mark.parametrize("name", ["m", "digits", "a.b-c_d", "Z" * 64])
+def test_every_key_of_a_model_is_in_one_cluster_slot(name: str) -> None:
+    """Redis Cluster runs a script or transaction only on keys of one slot."""
+    slots = {key_slot(k.encode()) for k in keys.model_keys("onlinenorm", name, ["input_norm", "blocks.0.1"])}
+    assert len(slots) == 1

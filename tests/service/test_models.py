@@ -25,10 +25,16 @@ def test_create_answers_the_model_with_defaults_filled(client: httpx.Client) -> 
 
 def test_create_writes_the_key_schema(client: httpx.Client, rds: redis.Redis, prefix: str) -> None:
     create(client, spec("a"))
-    assert rds.smembers(keys.models_key(prefix)) == {b"a"}
-    assert rds.type(f"{prefix}:model:a:spec") == b"string"
-    assert rds.type(f"{prefix}:model:a:snapshot") == b"hash"
-    assert rds.hget(f"{prefix}:model:a:snapshot", "step") == b"0"
+    incarnation = rds.hget(keys.catalog_key(prefix), "a")
+    assert list(rds.hkeys(keys.catalog_key(prefix))) == [b"a"] and incarnation
+    assert rds.hget(f"{prefix}:model:{{a}}:meta", "inc") == incarnation
+    assert rds.type(f"{prefix}:model:{{a}}:spec") == b"string"
+    assert rds.type(f"{prefix}:model:{{a}}:snapshot") == b"hash"
+    assert rds.hget(f"{prefix}:model:{{a}}:snapshot", "step") == b"0"
+    assert (
+        rds.hget(f"{prefix}:model:{{a}}:lease", "replica")
+        == client.get("/healthz").json()["replica"].encode()
+    )
 
 
 def test_list_and_read(client: httpx.Client) -> None:
@@ -95,7 +101,8 @@ def test_invalid_names_and_specs_are_422(client: httpx.Client, rds: redis.Redis,
     )
     assert r.status_code == 422
     assert client.get("/v1/models").json() == {"models": []}
-    assert not rds.exists(keys.models_key(prefix))
+    assert not rds.exists(keys.catalog_key(prefix))
+    assert not list(rds.scan_iter(match=f"{prefix}:model:*"))
 
 
 def test_invalid_name_in_path_is_422(client: httpx.Client) -> None:
@@ -112,9 +119,10 @@ def test_delete_removes_every_key(client: httpx.Client, rds: redis.Redis, prefix
     r = client.delete("/v1/models/gone")
     assert r.status_code == 204 and r.content == b""
     assert client.get("/v1/models/gone").status_code == 404
-    left = sorted(k.decode() for k in rds.scan_iter(match=f"{prefix}:*"))
-    assert left == [f"{prefix}:model:kept:snapshot", f"{prefix}:model:kept:spec", f"{prefix}:models"]
-    assert rds.smembers(keys.models_key(prefix)) == {b"kept"}
+    assert not list(rds.scan_iter(match=f"{prefix}:model:{{gone}}:*"))
+    kept = sorted(k.decode() for k in rds.scan_iter(match=f"{prefix}:model:*"))
+    assert kept == [f"{prefix}:model:{{kept}}:{kind}" for kind in ("lease", "meta", "snapshot", "spec")]
+    assert list(rds.hkeys(keys.catalog_key(prefix))) == [b"kept"]
     # The name can be reused, and the new model starts from scratch.
     assert create(client, spec("gone"))["step"] == 0
 

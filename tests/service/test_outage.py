@@ -76,17 +76,18 @@ def test_learns_fail_fast_and_recover_when_redis_is_back(make_settings, tmp_path
 def test_a_logged_but_unanswered_request_is_applied_first(
     server: ThreadServer, rds: redis.Redis, prefix: str
 ) -> None:
-    """A log write whose reply was lost may have reached Redis. The writer then re-reads
-    the log before its next write, so the live model equals what a restart rebuilds."""
+    """A log write whose reply was lost may have reached Redis. The writer reads the log
+    after its last applied entry in the same call as its next write, and applies what is
+    there first, so the live model equals what a restart rebuilds."""
     s1, s2, lost, later = samples(4)
     with server.client() as c:
         create(c, spec())
         c.post("/v1/models/m/learn", json=s1)
         c.post("/v1/models/m/learn", json=s2)
-        # As if the previous group's EXEC reached Redis but its reply did not come back:
-        fields = log.learn_fields(orjson.dumps([[lost["x"], lost["y"]]]), "one", "lost-1")
+        # As if the previous group's write reached Redis but its reply did not come back:
+        replica = c.get("/healthz").json()["replica"]
+        fields = log.learn_fields(orjson.dumps([[lost["x"], lost["y"]]]), "one", "lost-1", replica, "r-1")
         rds.xadd(keys.log_key(prefix, "m"), fields)  # type: ignore[arg-type]
-        server.registry.get("m").writer._uncertain = True
 
         assert c.post("/v1/models/m/learn", json=later).json()["step"] == 4
         retry = c.post("/v1/models/m/learn", json=lost, headers={"Idempotency-Key": "lost-1"})

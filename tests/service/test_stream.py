@@ -14,6 +14,7 @@ import httpx
 import pytest
 import redis
 
+from service.cluster.placement import assign
 from service.config import Settings
 from service.store import keys
 from service.store.stats_history import decode_entry
@@ -177,12 +178,19 @@ def test_stream_ends_on_client_disconnect_and_on_model_deletion(every_step: Thre
 def test_any_replica_streams_what_another_publishes(
     make_settings: Callable[..., Settings], rds: redis.Redis, prefix: str
 ) -> None:
-    """Fed from Redis, not from memory: a second process on the same prefix streams the
-    updates that the first one publishes."""
-    with ThreadServer(make_settings(STATS_EVERY_STEPS=1)) as writer, writer.client() as c:
+    """Fed from Redis, not from memory: a second replica on the same prefix, which the
+    model is not placed on, streams the updates that its owner publishes."""
+    owner_id = "owner-1"
+    other_id = next(
+        f"other-{i}" for i in range(100) if assign(["m"], [owner_id, f"other-{i}"])["m"] == owner_id
+    )
+    with (
+        ThreadServer(make_settings(STATS_EVERY_STEPS=1, REPLICA_ID=owner_id)) as writer,
+        writer.client() as c,
+    ):
         create(c, spec())
         with (
-            ThreadServer(make_settings(SNAPSHOT_ON_SHUTDOWN=False)) as replica,
+            ThreadServer(make_settings(SNAPSHOT_ON_SHUTDOWN=False, REPLICA_ID=other_id)) as replica,
             httpx.Client(base_url=replica.url, timeout=READ_TIMEOUT) as client,
             client.stream("GET", STREAM) as response,
         ):
@@ -191,7 +199,8 @@ def test_any_replica_streams_what_another_publishes(
             events = reader.events(3)
             assert [e.json()["step"] for e in events] == [1, 2, 3]
             assert [e.id for e in events] == stats_ids(rds, prefix)
-            assert replica.registry.get("m").model.step == 0  # it never learned
+            assert client.get("/v1/models/m").json()["owner"] == owner_id
+            assert replica.registry.local("m").writer is None  # it never learned
 
 
 def test_shutdown_ends_open_streams(redis_url: str, prefix: str, tmp_path: Path) -> None:

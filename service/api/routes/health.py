@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 from starlette.responses import Response
 
-from service.api.deps import HealthDep, ReadAccess
-from service.api.schemas import ErrorBody, HealthResponse
-from service.errors import json_response
+from service.api.deps import HealthDep, ReadAccess, ReplicaDep, SettingsDep
+from service.api.schemas import ErrorBody, HealthResponse, ReplicaInfo, ReplicaList
+from service.errors import UnavailableError, json_response
+from service.store.connection import UNREACHABLE
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=HealthResponse)
-async def read_health() -> HealthResponse:
-    """Liveness: the process answers."""
-    return HealthResponse(status="ok")
+async def read_health(settings: SettingsDep) -> HealthResponse:
+    """Liveness: the process answers; and which replica it is."""
+    return HealthResponse(status="ok", replica=settings.replica_id)
 
 
 @router.get(
@@ -24,11 +26,27 @@ async def read_health() -> HealthResponse:
     response_model=HealthResponse,
     responses={503: {"model": ErrorBody, "description": "Redis unreachable"}},
 )
-async def read_readiness(health: HealthDep) -> Response:
-    """Readiness: Redis answers a ping (learns need it; predictions do not)."""
+async def read_readiness(health: HealthDep, replica: ReplicaDep) -> Response:
+    """Readiness: Redis answers a ping (learns need it; predictions do not). Also says
+    whether this replica saw Redis lose data (its models were then re-persisted)."""
+    body: dict[str, object] = {"replica": replica.id}
+    if replica.data_loss.detected:
+        body["data_loss"] = replica.data_loss.as_json()
     if await health.ping():
-        return json_response(200, {"status": "ready", "redis": "up"})
-    return json_response(503, {"detail": "Redis is unreachable", "status": "unavailable", "redis": "down"})
+        return json_response(200, {"status": "ready", "redis": "up", **body})
+    return json_response(
+        503, {"detail": "Redis is unreachable", "status": "unavailable", "redis": "down", **body}
+    )
+
+
+@router.get("/v1/replicas", response_model=ReplicaList, dependencies=[ReadAccess], tags=["replicas"])
+async def list_replicas(replica: ReplicaDep) -> ReplicaList:
+    """The live replicas, and the models each owns."""
+    try:
+        found = await replica.replicas()
+    except (*UNREACHABLE, RedisError) as exc:
+        raise UnavailableError(f"Redis is unreachable: cannot list the replicas ({exc})") from exc
+    return ReplicaList(replicas=[ReplicaInfo(**r) for r in found])
 
 
 @router.get(

@@ -9,6 +9,7 @@ import orjson
 from fastapi import APIRouter, Header, Request
 from starlette.responses import Response
 
+from service.answers import Answer
 from service.api import bodies
 from service.api.deps import ModelDep, SettingsDep, WriteAccess
 from service.api.schemas import (
@@ -25,7 +26,8 @@ from service.api.schemas import (
 from service.errors import NonFiniteStepRejected, json_response
 from service.live import Outcome
 from service.registry import ModelHandle
-from service.writer import Answer, LearnJob
+from service.store import log
+from service.writer import LearnJob
 
 router = APIRouter(prefix="/v1/models/{name}", tags=["learn"], dependencies=[WriteAccess])
 
@@ -47,7 +49,13 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "model": NonFiniteBody,
         "description": "invalid body or sample (nothing applied), or a non-finite step (rolled back)",
     },
+    409: {"model": ErrorBody, "description": "the model could not be recovered (DELETE it)"},
     503: {"model": ErrorBody, "description": "Redis unreachable: not logged, so not applied; safe to retry"},
+    504: {
+        "model": ErrorBody,
+        "description": "logged, but its owner did not apply it in time (one is being replaced): it will "
+        "be applied; retry with the same Idempotency-Key for its answer",
+    },
 }
 
 
@@ -59,9 +67,12 @@ def _headers(answer: Answer) -> dict[str, str] | None:
     return {"Idempotent-Replayed": "true"} if answer.replayed else None
 
 
-def _raise_if_rolled_back(outcome: Outcome, batch: bool) -> None:
+def _outcome(answer: Answer, batch: bool) -> Outcome:
+    """The applied outcome, or the 422 of a rolled-back step."""
+    outcome = answer.outcome
+    assert outcome is not None
     if outcome.error is None:
-        return
+        return outcome
     extra: dict[str, Any] = {"step": outcome.step}
     if batch:
         extra["index"] = outcome.failed_index
@@ -75,10 +86,14 @@ def _raise_if_rolled_back(outcome: Outcome, batch: bool) -> None:
 async def _submit(
     handle: ModelHandle, kind: str, samples: list[list[Any]], batch: bool, key: str | None
 ) -> Answer:
+    """Validate here, then have the owner apply it (this replica, or another through the log)."""
     key = bodies.idempotency_key(key)
     xs, ys = await bodies.check_samples(handle.model.learner, samples, with_y=True, batch=batch)
-    job = LearnJob(kind, xs, ys, orjson.dumps(samples), key)
-    return await handle.writer.submit(job)
+    job = LearnJob(kind, xs, ys, orjson.dumps(samples), key, log.new_req())
+    answer = await handle.submit(job)
+    if answer.error is not None:
+        raise answer.error
+    return answer
 
 
 @router.post(
@@ -94,9 +109,9 @@ async def learn_sample(
     started = time.perf_counter()
     sample = bodies.sample_fields(await bodies.read_json(request), _FIELDS)
     answer = await _submit(handle, "one", [sample], False, idempotency_key)
-    _raise_if_rolled_back(answer.outcome, batch=False)
+    outcome = _outcome(answer, batch=False)
     handle.model.learn_latency.record(time.perf_counter() - started)
-    return json_response(200, _result(answer.outcome.results[0]), _headers(answer))
+    return json_response(200, _result(outcome.results[0]), _headers(answer))
 
 
 @router.post(
@@ -113,9 +128,8 @@ async def learn_batch(
     body = await bodies.read_json(request)
     samples = bodies.batch_fields(body, _FIELDS, settings.MAX_BATCH_SAMPLES)
     answer = await _submit(handle, "batch", samples, True, idempotency_key)
-    _raise_if_rolled_back(answer.outcome, batch=True)
+    outcome = _outcome(answer, batch=True)
     handle.model.learn_latency.record(time.perf_counter() - started)
-    outcome = answer.outcome
     return json_response(
         200, {"step": outcome.step, "results": [_result(r) for r in outcome.results]}, _headers(answer)
     )

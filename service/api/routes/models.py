@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Response, status
+from redis.exceptions import RedisError
 
 from model.spec import ModelSpec
-from service.api.deps import ModelDep, ReadAccess, RegistryDep, WriteAccess
+from service.api.deps import AnyModelDep, ReadAccess, RegistryDep, SettingsDep, WriteAccess
 from service.api.schemas import SPEC_EXAMPLES, ErrorBody, ModelInfo, ModelList
+from service.errors import ServiceError
 from service.registry import ModelHandle
+from service.store import leases
+from service.store.connection import UNREACHABLE
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -25,15 +30,30 @@ def _time(t: float | None) -> dt.datetime | None:
     return None if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc)
 
 
-def model_info(handle: ModelHandle) -> ModelInfo:
+async def model_info(handle: ModelHandle, registry: RegistryDep, settings: SettingsDep) -> ModelInfo:
+    """The model as this replica sees it: a copy at most FOLLOWER_STALENESS_SECONDS old
+    when another replica owns it; its owner as the lease in Redis says."""
+    if handle.unrecoverable is None:
+        try:
+            await handle.readable(settings.FOLLOWER_STALENESS_SECONDS)
+        except (ServiceError, *UNREACHABLE, RedisError):
+            pass  # answer with the copy this replica has
+    try:
+        owner = await leases.holder(registry.redis, registry.prefix, handle.name)
+    except (*UNREACHABLE, RedisError):  # what this replica knows
+        owner = registry.replica if handle.writer is not None else None
     model = handle.model
+    broken = handle.unrecoverable is not None
     return ModelInfo(
-        name=model.name,
-        spec=model.spec,
+        name=handle.name,
+        spec=None if broken and not handle.spec_valid else model.spec,
         step=model.step,
-        layers=model.layers,
+        layers=handle.layers,
         created_at=_time(model.created_at),  # type: ignore[arg-type]
         updated_at=_time(model.updated_at),
+        owner=owner,
+        status="unrecoverable" if broken else "ok",
+        error=handle.unrecoverable,
     )
 
 
@@ -50,22 +70,29 @@ def model_info(handle: ModelHandle) -> ModelInfo:
     },
 )
 async def create_model(
-    spec: Annotated[ModelSpec, Body(openapi_examples=SPEC_EXAMPLES)], registry: RegistryDep
+    spec: Annotated[ModelSpec, Body(openapi_examples=SPEC_EXAMPLES)],
+    registry: RegistryDep,
+    settings: SettingsDep,
 ) -> ModelInfo:
     """Create a model from a spec; it starts at step 0."""
-    return model_info(await registry.create(spec))
+    return await model_info(await registry.create(spec), registry, settings)
 
 
 @router.get("", response_model=ModelList, dependencies=[ReadAccess], responses={401: _ERRORS[401]})
-async def list_models(registry: RegistryDep) -> ModelList:
+async def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelList:
     """Every model, by name."""
-    return ModelList(models=[model_info(h) for h in registry.handles()])
+    try:
+        await registry.sync_catalog()
+    except (*UNREACHABLE, RedisError):
+        pass  # list what this replica knows
+    infos = await asyncio.gather(*(model_info(h, registry, settings) for h in registry.handles()))
+    return ModelList(models=list(infos))
 
 
 @router.get("/{name}", response_model=ModelInfo, dependencies=[ReadAccess], responses=_ERRORS)
-async def read_model(handle: ModelDep) -> ModelInfo:
-    """A model's spec, step and timestamps."""
-    return model_info(handle)
+async def read_model(handle: AnyModelDep, registry: RegistryDep, settings: SettingsDep) -> ModelInfo:
+    """A model's spec, step, timestamps and owner (and status: ok, or unrecoverable)."""
+    return await model_info(handle, registry, settings)
 
 
 @router.delete(
@@ -76,7 +103,7 @@ async def read_model(handle: ModelDep) -> ModelInfo:
     dependencies=[WriteAccess],
     responses={**_ERRORS, 403: {"model": ErrorBody, "description": "read-only API key"}},
 )
-async def delete_model(handle: ModelDep, registry: RegistryDep) -> Response:
+async def delete_model(handle: AnyModelDep, registry: RegistryDep) -> Response:
     """Delete a model and all its keys; learns still queued for it answer 404."""
-    await registry.delete(handle.model.name)
+    await registry.delete(handle.name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,5 +1,6 @@
 """Predict: eval mode (frozen normalizer statistics), no state change, served from memory
-(so predictions keep working while Redis is unreachable)."""
+(so predictions keep working while Redis is unreachable). A replica that does not own
+the model predicts from a copy at most ``ONLINENORM_FOLLOWER_STALENESS_SECONDS`` old."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or invalid API key"},
     404: {"model": ErrorBody, "description": "no such model"},
     413: {"model": ErrorBody, "description": "body or batch over the limit"},
+    409: {"model": ErrorBody, "description": "the model could not be recovered (DELETE it)"},
     422: {"model": ErrorBody, "description": "invalid body or sample"},
+    503: {"model": ErrorBody, "description": "another replica owns the model and Redis is unreachable"},
 }
 
 
@@ -48,11 +51,12 @@ def _item(p: Prediction) -> dict[str, Any]:
     responses=_RESPONSES,
     openapi_extra=json_body(PredictRequest, PREDICT_EXAMPLES),
 )
-async def predict_sample(handle: ModelDep, request: Request) -> Response:
+async def predict_sample(handle: ModelDep, request: Request, settings: SettingsDep) -> Response:
     """Predict one sample (+ class probabilities for classification)."""
     started = time.perf_counter()
     sample = bodies.sample_fields(await bodies.read_json(request), _FIELDS)
     xs, _ = await bodies.check_samples(handle.model.learner, [sample], with_y=False, batch=False)
+    await handle.readable(settings.FOLLOWER_STALENESS_SECONDS)
     step, prediction = await asyncio.to_thread(handle.model.predict_one, xs[0])
     handle.model.predict_latency.record(time.perf_counter() - started)
     return json_response(200, {**_item(prediction), "step": step})
@@ -70,6 +74,7 @@ async def predict_batch(handle: ModelDep, request: Request, settings: SettingsDe
     body = await bodies.read_json(request)
     samples = bodies.batch_fields(body, _FIELDS, settings.MAX_BATCH_SAMPLES)
     xs, _ = await bodies.check_samples(handle.model.learner, samples, with_y=False, batch=True)
+    await handle.readable(settings.FOLLOWER_STALENESS_SECONDS)
     step, predictions = await asyncio.to_thread(handle.model.predict, xs)
     handle.model.predict_latency.record(time.perf_counter() - started)
     return json_response(200, {"step": step, "predictions": [_item(p) for p in predictions]})

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from service.api.deps import ModelDep, ReadAccess
+from service.api.deps import ModelDep, ReadAccess, SettingsDep
 from service.api.schemas import ErrorBody, MetricsResponse, StatsResponse
 from service.errors import NotFoundError, json_response
 
@@ -23,9 +23,11 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.get("/stats", response_model=StatsResponse, responses=_RESPONSES)
 async def read_stats(
     handle: ModelDep,
+    settings: SettingsDep,
     layer: Annotated[str | None, Query(description="one layer's name (see the model's 'layers')")] = None,
 ) -> Response:
     """Every ON layer's mu, var, u, v, alphas, summaries and live layer-scaling RMS."""
+    await handle.readable(settings.FOLLOWER_STALENESS_SECONDS)
     try:
         step, layers = await asyncio.to_thread(handle.model.read_stats, layer)
     except KeyError:
@@ -36,8 +38,10 @@ async def read_stats(
 
 
 @router.get("/metrics", response_model=MetricsResponse, responses=_RESPONSES)
-async def read_metrics(handle: ModelDep) -> Response:
-    """Prequential metrics (samples seen, loss, accuracy or MAE) and learn/predict latency."""
+async def read_metrics(handle: ModelDep, settings: SettingsDep) -> Response:
+    """Prequential metrics (samples seen, loss, accuracy or MAE) and learn/predict latency
+    (of this replica's requests)."""
+    await handle.readable(settings.FOLLOWER_STALENESS_SECONDS)
     model = handle.model
     step, metrics = await asyncio.to_thread(model.read_metrics)
     latency = {"learn": model.learn_latency.summary(), "predict": model.predict_latency.summary()}

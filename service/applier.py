@@ -1,0 +1,93 @@
+"""What applying one log entry does to a model, decided from the log alone.
+
+The live owner and a replica replaying the log after a failover call the same
+:func:`apply_entry` on the same entries in the same order, from the same snapshot and
+records, so they reach the same state and answer every request the same way:
+
+* a ``sync`` entry changes nothing (the owner answers it with a snapshot);
+* a learn whose ``Idempotency-Key`` is remembered at the entry's log time is answered
+  from its record (or refused, if the key came with other samples) and not applied;
+* any other learn is applied, one step per sample; a step that is not finite or that
+  raises is rolled back with the samples after it. Such a rollback is recorded in the
+  log; replay applies exactly the samples the record says, whether or not the failure
+  would happen again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from service.answers import Answer
+from service.errors import InvalidInputError
+from service.idempotency import IdempotencyRecords, Record, fingerprint
+from service.live import LiveModel, Outcome
+from service.store.log import SYNC, LogEntry, Rollback
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One entry's answer; ``rollback`` is set when this application rolled a step back
+    (it must be recorded in the log before anything after it is acknowledged)."""
+
+    entry: LogEntry
+    answer: Answer
+    rollback: Rollback | None = None
+
+
+def _samples(entry: LogEntry) -> tuple[list[Any], list[Any]]:
+    samples = orjson.loads(entry.samples_json)
+    return [s[0] for s in samples], [s[1] for s in samples]
+
+
+def apply_entry(
+    model: LiveModel,
+    records: IdempotencyRecords,
+    entry: LogEntry,
+    recorded: Rollback | None = None,
+    xs: list[Any] | None = None,
+    ys: list[Any] | None = None,
+) -> Applied:
+    """Apply ``entry`` (blocking: torch work). ``recorded`` is the rollback the log holds
+    for it (replay); ``xs``/``ys`` are its samples when the caller has them parsed."""
+    if entry.op == SYNC:
+        return Applied(entry, Answer())
+    key = entry.idempotency_key
+    if key is not None:
+        record = records.lookup(key, entry.time_ms)
+        if record is not None:
+            if record.matches(entry.kind, entry.samples_json):
+                return Applied(entry, Answer(record.outcome, replayed=True))
+            return Applied(
+                entry,
+                Answer(
+                    error=InvalidInputError(
+                        f"Idempotency-Key {key!r} was already used for a different request"
+                    )
+                ),
+            )
+    outcome, rollback = _learn(model, entry, recorded, xs, ys)
+    if key is not None:
+        records.put(key, Record(entry.id, fingerprint(entry.kind, entry.samples_json), outcome))
+    return Applied(entry, Answer(outcome), rollback)
+
+
+def _learn(
+    model: LiveModel, entry: LogEntry, recorded: Rollback | None, xs: list[Any] | None, ys: list[Any] | None
+) -> tuple[Outcome, Rollback | None]:
+    try:
+        if xs is None or ys is None:
+            xs, ys = _samples(entry)
+        if recorded is not None:
+            xs, ys = xs[: recorded.applied], ys[: recorded.applied]
+        outcome = model.apply(entry.kind, xs, ys, entry.time_ms / 1000.0)
+    except (ValueError, TypeError, IndexError) as exc:  # samples this spec refuses: nothing applied
+        error = f"log entry {entry.id} cannot be applied to this model ({exc}); it was skipped"
+        return Outcome(entry.kind, model.step, [], error, 0), Rollback(0, error)
+    if outcome.error is not None:  # a step rolled back now (in a replay: earlier than it did live)
+        return outcome, Rollback(outcome.applied, outcome.error)
+    if recorded is not None:
+        return Outcome(entry.kind, outcome.step, outcome.results, recorded.error, recorded.applied), None
+    return outcome, None

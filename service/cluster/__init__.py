@@ -1,0 +1,1 @@
+"""Replicas: membership, placement of models on replicas, ownership leases, hand-over."""
