@@ -171,6 +171,7 @@ class ModelWriter:
         self._task: asyncio.Task[None] | None = None
         self._bell_task: asyncio.Task[None] | None = None
         self._exited = asyncio.Event()
+        self._exiting = False
         self._logged: list[LearnJob] = []  # appended in the current cycle, not yet answered
         self._followers: list[LearnJob] = []  # retries within the current group, not logged
         self._computed: dict[str, Answer] = {}  # answers of the logged ones, if Redis lost the log
@@ -250,10 +251,10 @@ class ModelWriter:
             exit_.unlogged = [j for j in (*self._followers, *self._queue) if not j.future.done()]
             self._logged, self._followers = [], []
             self._queue.clear()
+            self._exiting = True
             if self._bell_task is not None:
-                self._bell_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._bell_task
+                self._bell_task.cancel()  # a blocked BLPOP may swallow it: the flag ends the loop
+                await asyncio.wait([self._bell_task], timeout=_BELL_BLOCK_SECONDS + 1)
             self._exited.set()
             self._on_exit(self, exit_)
 
@@ -610,7 +611,7 @@ class ModelWriter:
     async def _listen_bell(self) -> None:
         """Wake the writer when another replica appends to the log."""
         backoff = _RETRY_FIRST
-        while True:
+        while not self._exiting:
             try:
                 rang = await self.redis.blpop([self._bell_key], timeout=_BELL_BLOCK_SECONDS)
                 backoff = _RETRY_FIRST

@@ -96,6 +96,8 @@ class Replica:
         self._host = socket.gethostname()
         self._taking: dict[str, Fence] = {}
         self._free_since: dict[str, float] = {}
+        self._stolen: dict[str, float] = {}  # models taken as orphans, and when
+        self._orphan_hold = 10 * settings.LEASE_SECONDS
         self._last_heartbeat = float("-inf")
         self._last_orphan_check = float("-inf")
         self._wake = asyncio.Event()
@@ -181,7 +183,13 @@ class Replica:
         for handle in handles:
             target = assignment.get(handle.name)
             if handle.writer is not None:
-                if target not in (None, self.id) and handle.writer.accepting and not self._stopping:
+                held_since = self._stolen.get(handle.name, float("-inf"))
+                if (
+                    target not in (None, self.id)
+                    and handle.writer.accepting
+                    and not self._stopping
+                    and now - held_since > self._orphan_hold
+                ):
                     self._spawn(self._hand_over(handle))
             elif target == self.id and handle.name not in self._taking:
                 claims.append(self._claim(handle))
@@ -207,6 +215,7 @@ class Replica:
             since = self._free_since.setdefault(handle.name, now)
             if now - since >= self.settings.LEASE_SECONDS:
                 logger.warning("model %s: unowned for %.1f s; taking it here", handle.name, now - since)
+                self._stolen[handle.name] = now  # kept a while: its placed owner did not take it
                 out.append(self._claim(handle))
         return out
 

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import redis.asyncio as aredis
 
 from service.config import Settings
 from service.embedded import EmbeddedRedis
@@ -61,6 +62,12 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
     """Delete the keys of one test's prefix (the prefix is a uuid: no glob characters)."""
     for key in list(client.scan_iter(match=f"{prefix}:*", count=1000)):
         client.delete(key)  # one by one: on a cluster they live in many slots
+
+
+def async_client(redis_url: str, backend: str) -> aredis.Redis:
+    """An asyncio client of the test's Redis (a cluster client on a cluster)."""
+    cls = aredis.RedisCluster if backend == "cluster" else aredis.Redis
+    return cls.from_url(redis_url)  # type: ignore[return-value]
 
 
 @pytest.fixture

@@ -84,12 +84,20 @@ class ProcessServer:
     """``python -m uvicorn service.app:app`` (or ``python -m service``) in a subprocess,
     configured by environment."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, python_m_service: bool = False) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        python_m_service: bool = False,
+        port: int | None = None,
+        uvicorn_args: tuple[str, ...] = (),
+    ) -> None:
         self.env = env
         self.log_path = log_path
         self.python_m_service = python_m_service
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.uvicorn_args = uvicorn_args
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90) -> ProcessServer:
@@ -109,6 +117,7 @@ class ProcessServer:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                *self.uvicorn_args,
             ]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -135,6 +144,15 @@ class ProcessServer:
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stops dead (a GC pause, a partition), holding its leases."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> int:
         """SIGTERM: a graceful shutdown (final snapshots). uvicorn re-raises the signal

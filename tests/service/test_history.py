@@ -20,6 +20,8 @@ from service.store import keys
 from tests.service.conftest import create, regression_spec, samples, spec
 from tests.service.servers import ThreadServer, wait_for
 
+pytestmark = pytest.mark.cluster  # also against a real Redis Cluster
+
 EVERY = 5
 LS_SPEC = spec(network={"kind": "mlp", "hidden": [8, 6]}, norm={"kind": "online", "ecm": "ls"})
 

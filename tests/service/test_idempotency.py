@@ -21,6 +21,7 @@ def _key(k: str) -> dict[str, str]:
     return {"Idempotency-Key": k}
 
 
+@pytest.mark.cluster
 def test_a_retry_gets_the_original_answer(client: httpx.Client, rds: redis.Redis, prefix: str) -> None:
     create(client, spec())
     s, other = samples(2)
@@ -38,6 +39,7 @@ def test_a_retry_gets_the_original_answer(client: httpx.Client, rds: redis.Redis
     assert client.post("/v1/models/m/learn", json=s).json()["step"] == 3
 
 
+@pytest.mark.cluster
 def test_batch_retry_and_key_reuse(client: httpx.Client) -> None:
     create(client, spec())
     batch = {"samples": samples(4)}
@@ -52,6 +54,7 @@ def test_batch_retry_and_key_reuse(client: httpx.Client) -> None:
     assert client.get("/v1/models/m").json()["step"] == 4
 
 
+@pytest.mark.cluster
 def test_keys_are_per_model(client: httpx.Client) -> None:
     create(client, spec("a"))
     create(client, spec("b"))
@@ -61,6 +64,7 @@ def test_keys_are_per_model(client: httpx.Client) -> None:
     assert r.status_code == 200 and "idempotent-replayed" not in r.headers
 
 
+@pytest.mark.cluster
 def test_concurrent_duplicates_are_applied_once(server: ThreadServer) -> None:
     with server.client() as c:
         create(c, spec())
@@ -79,6 +83,7 @@ def test_concurrent_duplicates_are_applied_once(server: ThreadServer) -> None:
         assert c.get("/v1/models/m").json()["step"] == 1
 
 
+@pytest.mark.cluster
 def test_a_rolled_back_request_is_not_retried_into_the_model(client: httpx.Client) -> None:
     create(client, regression_spec("m", optimizer={"kind": "sgd", "lr": 0.01, "clip_grad_norm": None}))
     boom = {"x": [1e30, 1e30, 1e30], "y": 1e30}
@@ -89,6 +94,7 @@ def test_a_rolled_back_request_is_not_retried_into_the_model(client: httpx.Clien
     assert client.get("/v1/models/m/metrics").json()["samples_seen"] == 0
 
 
+@pytest.mark.cluster
 def test_keys_are_remembered_for_a_time_window(make_settings) -> None:
     """Within IDEMPOTENCY_SECONDS (by the log's clock) a key is a retry; after it, a new request."""
     with ThreadServer(make_settings(IDEMPOTENCY_SECONDS=1.0)) as srv, srv.client() as c:
@@ -103,6 +109,7 @@ def test_keys_are_remembered_for_a_time_window(make_settings) -> None:
         assert forgotten.json()["step"] == 3
 
 
+@pytest.mark.cluster
 def test_the_byte_bound_forgets_the_oldest_first(make_settings) -> None:
     """Over IDEMPOTENCY_MAX_BYTES the oldest records go before their window ends (counted)."""
     with ThreadServer(make_settings(IDEMPOTENCY_MAX_BYTES=600)) as srv, srv.client() as c:

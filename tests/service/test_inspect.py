@@ -7,6 +7,7 @@ import asyncio
 import math
 
 import httpx
+import pytest
 import redis
 import redis.asyncio as aredis
 
@@ -15,6 +16,8 @@ from service.store import keys
 from service.store.stats import read_layer
 from tests.service.conftest import create, regression_spec, samples, spec
 from tests.service.servers import ThreadServer, wait_for
+
+pytestmark = pytest.mark.cluster  # also against a real Redis Cluster
 
 LAYER_FIELDS = {
     "name", "num_features", "alpha_fwd", "alpha_bkw", "eps", "ecm", "samples_tracked",
@@ -85,7 +88,7 @@ def test_metrics_are_prequential_with_latency(client: httpx.Client) -> None:
     assert {"mae", "mae_ewm"} <= set(r) and "accuracy" not in r
 
 
-def test_stats_are_published_to_redis(make_settings, rds: redis.Redis, prefix: str) -> None:
+def test_stats_are_published_to_redis(make_settings, rds: redis.Redis, prefix: str, backend: str) -> None:
     with ThreadServer(make_settings(STATS_EVERY_STEPS=5, STATS_HISTORY=10)) as srv, srv.client() as c:
         info = create(c, spec())
         for s in samples(60):
@@ -98,7 +101,8 @@ def test_stats_are_published_to_redis(make_settings, rds: redis.Redis, prefix: s
     assert rds.xlen(keys.stats_key(prefix, "m")) <= 10 + 100  # MAXLEN ~ 10: capped, approximately
 
     async def read_all() -> list:
-        client = aredis.Redis.from_url(srv.app.state.settings.REDIS_URL)
+        cls = aredis.RedisCluster if backend == "cluster" else aredis.Redis
+        client = cls.from_url(srv.app.state.settings.REDIS_URL)
         try:
             return [await read_layer(client, prefix, "m", layer) for layer in info["layers"]]
         finally:

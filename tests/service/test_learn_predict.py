@@ -4,10 +4,13 @@ an in-process OnlineLearner fed the same samples, bit for bit."""
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from model.learner import OnlineLearner
 from tests.service.conftest import PROBES, create, regression_spec, samples, spec
 from tests.service.reference import model_state
+
+pytestmark = pytest.mark.cluster  # also against a real Redis Cluster
 
 
 def _reference(body: dict) -> OnlineLearner:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime as dt
 
 import httpx
+import pytest
 import redis
 
 from service.store import keys
 from tests.service.conftest import create, regression_spec, samples, spec
 from tests.service.servers import ThreadServer, wait_for
+
+pytestmark = pytest.mark.cluster  # also against a real Redis Cluster
 
 
 def test_create_answers_the_model_with_defaults_filled(client: httpx.Client) -> None:

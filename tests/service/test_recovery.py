@@ -24,6 +24,8 @@ from tests.service.reference import (
 from tests.service.servers import ProcessServer, ThreadServer, wait_for
 from tests.service.test_ordering import _service_env
 
+pytestmark = pytest.mark.cluster  # also against a real Redis Cluster
+
 PREDICT_PROBES = {"samples": [{"x": x} for x in PROBES]}
 
 

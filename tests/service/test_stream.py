@@ -22,6 +22,8 @@ from tests.service.conftest import create, samples, spec
 from tests.service.servers import ProcessServer, RedisProcess, ThreadServer, wait_for
 from tests.service.sse import BackgroundLearner, SSEReader
 
+pytestmark = pytest.mark.cluster  # also against a real Redis Cluster
+
 STREAM = "/v1/models/m/stats/stream"
 READ_TIMEOUT = httpx.Timeout(10.0)  # every wait for an event is bounded: a test fails, never hangs
 

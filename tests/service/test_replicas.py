@@ -1,0 +1,163 @@
+"""Several replicas on one prefix (cluster/, writer.py, remote.py, follower.py), as real
+processes against a real Redis: every acknowledged learn is applied exactly once, in
+one order, whichever replica received it, through kill -9, SIGSTOP past the lease and
+a rolling restart."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from service.store import keys
+from tests.service.conftest import PROBES, create, samples, spec
+from tests.service.replicas import (
+    Acks,
+    Replicas,
+    converged_predictions,
+    learn_with_retries,
+    probe_predictions,
+    reference,
+)
+from tests.service.servers import wait_for
+
+MODELS = ["m0", "m1", "m2"]
+
+
+def _replica_ids(url: str) -> list[str]:
+    return [r["id"] for r in httpx.get(f"{url}/v1/replicas", timeout=10).json()["replicas"]]
+
+
+async def _learn_everywhere(
+    urls: list[str], names: list[str], per_client: int, clients: int, seed: int = 1, timeout: float = 90
+) -> Acks:
+    """``clients`` concurrent clients, each posting ``per_client`` learns to models and
+    replicas at random (retried with their key until acknowledged)."""
+    acks = Acks()
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=clients * 2)) as client:
+
+        async def poster(k: int) -> None:
+            for i, s in enumerate(samples(per_client, seed=seed * 100 + k)):
+                name = names[(k + i) % len(names)]
+                acks.add(name, s, await learn_with_retries(client, urls, name, s, deadline))
+
+        await asyncio.gather(*(poster(k) for k in range(clients)))
+    return acks
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_three_replicas_take_learns_at_once(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    with Replicas(redis_url, prefix, tmp_path, 3) as reps:
+        with httpx.Client(base_url=reps.servers[0].url, timeout=30) as c:
+            for name in MODELS:
+                create(c, spec(name))
+        assert set(_replica_ids(reps.servers[0].url)) == {"r0", "r1", "r2"}
+        owners = reps.wait_owned(MODELS)
+        # Models spread: with three of each, every replica owns one.
+        wait_for(lambda: len(set(reps.wait_owned(MODELS).values())) == 3, 30, "models spread over replicas")
+        acks = asyncio.run(_learn_everywhere(reps.urls(), MODELS, per_client=40, clients=6))
+        for name in MODELS:
+            ordered = acks.check_contiguous(name)  # every acknowledged step unique, none missing
+            expected = probe_predictions(reference(spec(name), ordered), PROBES)
+            assert converged_predictions(reps.urls(), name, PROBES) == expected
+            for url in reps.urls():
+                metrics = httpx.get(f"{url}/v1/models/{name}/metrics", timeout=10).json()
+                assert metrics["samples_seen"] == metrics["step"] == len(ordered)
+        listed = {
+            r["id"]: set(r["models"])
+            for r in httpx.get(f"{reps.servers[1].url}/v1/replicas").json()["replicas"]
+        }
+        assert {m for ms in listed.values() for m in ms} == set(MODELS)
+        for name, owner in reps.wait_owned(MODELS, via=2).items():
+            assert name in listed[owner]
+        assert owners  # (the first owners were found before any learn)
+
+
+@pytest.mark.timeout(240)
+def test_kill_9_of_the_owner_under_load(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    """The owner dies mid-stream: another replica takes the model over within about a
+    lease, and every request is acknowledged exactly once (clients retry with their key)."""
+    with Replicas(redis_url, prefix, tmp_path, 3) as reps:
+        with httpx.Client(base_url=reps.servers[0].url, timeout=30) as c:
+            create(c, spec("m"))
+        victim = reps.index(reps.wait_owned(["m"])["m"])
+        survivors = reps.urls(exclude=(victim,))
+        acks = Acks()
+        killed_at: list[float] = []
+
+        async def run() -> None:
+            deadline = time.monotonic() + 120
+            async with httpx.AsyncClient(timeout=30) as client:
+
+                async def poster(k: int) -> None:
+                    for s in samples(60, seed=k + 1):
+                        acks.add("m", s, await learn_with_retries(client, survivors, "m", s, deadline))
+                        if sum(len(v) for v in acks.by_model.values()) >= 60 and not killed_at:
+                            killed_at.append(time.monotonic())
+                            reps.servers[victim].kill()
+
+                await asyncio.gather(*(poster(k) for k in range(4)))
+
+        asyncio.run(run())
+        assert killed_at, "the owner was never killed"
+        ordered = acks.check_contiguous("m")
+        assert len(ordered) == 240
+        new_owner = reps.wait_owned(["m"], via=(victim + 1) % 3)["m"]
+        assert new_owner != f"r{victim}"
+        assert converged_predictions(survivors, "m", PROBES) == probe_predictions(
+            reference(spec("m"), ordered), PROBES
+        )
+
+
+@pytest.mark.timeout(240)
+def test_an_owner_paused_past_its_lease_is_fenced_and_steps_down(
+    redis_url: str, prefix: str, tmp_path: Path, rds: redis.Redis
+) -> None:
+    """SIGSTOP the owner past its lease while others learn; a learn it received while
+    stopped is handled when it wakes. Redis refuses its stale token, it steps down, and
+    nothing is lost or applied twice."""
+    with Replicas(redis_url, prefix, tmp_path, 3) as reps:
+        with httpx.Client(base_url=reps.servers[0].url, timeout=30) as c:
+            create(c, spec("m"))
+        paused = reps.index(reps.wait_owned(["m"])["m"])
+        others = reps.urls(exclude=(paused,))
+        acks = asyncio.run(_learn_everywhere(reps.urls(), ["m"], per_client=10, clients=3, seed=1))
+        stale_epoch = int(rds.hget(keys.lease_key(prefix, "m"), "token").rsplit(b":", 1)[1])
+        reps.servers[paused].pause()
+        late: dict[str, Any] = {}
+        sample = samples(1, seed=999)[0]
+
+        def post_to_the_paused_owner() -> None:
+            r = httpx.post(f"{reps.servers[paused].url}/v1/models/m/learn", json=sample, timeout=60)
+            late["status"], late["body"] = r.status_code, r.json()
+
+        thread = threading.Thread(target=post_to_the_paused_owner)
+        thread.start()
+        more = asyncio.run(_learn_everywhere(others, ["m"], per_client=10, clients=3, seed=2))
+        new_owner = reps.wait_owned(["m"], via=(paused + 1) % 3)["m"]
+        assert new_owner != f"r{paused}"  # it took over while the owner slept
+        reps.servers[paused].resume()
+        thread.join(timeout=60)
+        assert late.get("status") == 200, late  # answered through the new owner
+        for step, s in more.by_model["m"].items():
+            acks.add("m", s, {"step": step})
+        acks.add("m", sample, late["body"])
+        ordered = acks.check_contiguous("m")
+        assert len(ordered) == 61
+        # Its stale token was refused (it counted the lease as taken) and it stepped down;
+        # whoever owns the model now (it may be placed back on it) holds a newer token.
+        metrics = httpx.get(f"{reps.servers[paused].url}/metrics", timeout=10).text
+        assert re.search(r'^onlinenorm_lease_losses_total[{]reason="taken"[}] [1-9]', metrics, re.M), metrics
+        token = rds.hget(keys.lease_key(prefix, "m"), "token")
+        assert token is not None and int(token.rsplit(b":", 1)[1]) > stale_epoch
+        expected = probe_predictions(reference(spec("m"), ordered), PROBES)
+        assert converged_predictions(reps.urls(), "m", PROBES) == expected
