@@ -156,30 +156,44 @@ def _http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[in
 
 
 class Service:
-    """``python -m service`` in a subprocess, on a fresh key prefix."""
+    """``python -m service`` in a subprocess, on a fresh key prefix (or ``prefix``, for
+    another replica of the same service), with ``env`` on top."""
 
-    def __init__(self, redis_url: str | None, workdir: Path) -> None:
+    def __init__(
+        self,
+        redis_url: str | None,
+        workdir: Path,
+        prefix: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.prefix = f"bench-{uuid.uuid4().hex[:12]}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ONLINENORM_") and k != "REDIS_URL"}
-        env.update(
+        self.prefix = prefix or f"bench-{uuid.uuid4().hex[:12]}"
+        environ = {
+            k: v for k, v in os.environ.items() if not k.startswith("ONLINENORM_") and k != "REDIS_URL"
+        }
+        environ.update(
             ONLINENORM_PORT=str(self.port),
             ONLINENORM_KEY_PREFIX=self.prefix,
             ONLINENORM_LOG_LEVEL="warning",
             ONLINENORM_DATA_DIR=str(workdir / "data"),
             PYTHONPATH=str(ROOT),
+            **(env or {}),
         )
         if redis_url:
-            env["REDIS_URL"] = redis_url
-        self.log = open(workdir / "service.log", "wb")  # noqa: SIM115
+            environ["REDIS_URL"] = redis_url
+        self.log = open(workdir / f"service-{self.port}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "service"],
+            cwd=ROOT,
+            env=environ,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the service exited: see {workdir / 'service.log'}")
+                raise RuntimeError(f"the service exited: see {self.log.name}")
             try:
                 if _http("GET", f"{self.url}/readyz")[0] == 200:
                     return
@@ -187,6 +201,12 @@ class Service:
                 pass
             time.sleep(0.1)
         raise TimeoutError("the service did not become ready")
+
+    def kill(self) -> None:
+        """``kill -9``."""
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.log.close()
 
     def stop(self) -> None:
         if self.proc.poll() is None:

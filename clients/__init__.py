@@ -27,6 +27,7 @@ from clients.types import (
     Metrics,
     ModelInfo,
     Prediction,
+    Replica,
     Stats,
 )
 
@@ -55,6 +56,7 @@ __all__ = [
     "PermissionDeniedError",
     "Prediction",
     "RateLimitError",
+    "Replica",
     "RetryPolicy",
     "ServiceUnavailableError",
     "Stats",

@@ -25,6 +25,7 @@ from clients.types import (
     Metrics,
     ModelInfo,
     Prediction,
+    Replica,
     Stats,
 )
 
@@ -265,6 +266,14 @@ class BaseClient:
     def _metrics_call(self, name: str) -> Call[Metrics]:
         return Call(
             "GET", self._model_path(name, "/metrics"), _reader(Metrics.model_validate), resend_safe=True
+        )
+
+    def _replicas_call(self) -> Call[list[Replica]]:
+        return Call(
+            "GET",
+            "/v1/replicas",
+            _reader(lambda body: [Replica.model_validate(r) for r in body["replicas"]]),
+            resend_safe=True,
         )
 
     def _health_call(self, ready: bool) -> Call[Health]:

@@ -21,6 +21,7 @@ from clients.types import (
     Metrics,
     ModelInfo,
     Prediction,
+    Replica,
     Stats,
 )
 
@@ -130,6 +131,10 @@ class AsyncClient(BaseClient):
 
     async def metrics(self, name: str) -> Metrics:
         return await self._request(self._metrics_call(name))
+
+    async def replicas(self) -> list[Replica]:
+        """The live replicas of the service and the models each owns."""
+        return await self._request(self._replicas_call())
 
     async def health(self, *, ready: bool = False) -> Health:
         return await self._request(self._health_call(ready))

@@ -20,6 +20,7 @@ from clients.types import (
     Metrics,
     ModelInfo,
     Prediction,
+    Replica,
     Stats,
 )
 
@@ -138,6 +139,10 @@ class Client(BaseClient):
 
     def metrics(self, name: str) -> Metrics:
         return self._request(self._metrics_call(name))
+
+    def replicas(self) -> list[Replica]:
+        """The live replicas of the service and the models each owns."""
+        return self._request(self._replicas_call())
 
     def health(self, *, ready: bool = False) -> Health:
         """``/healthz`` (the process answers) or, with ``ready``, ``/readyz`` (Redis too)."""

@@ -20,18 +20,22 @@ class _Answer(BaseModel):
 
 
 class ModelInfo(_Answer):
-    """A model: its spec, step (samples learned), ON layer names and timestamps."""
+    """A model: its spec, step (samples learned), ON layer names, timestamps, the replica
+    that owns it (applies its steps), and whether it is usable (``status``)."""
 
     name: str
-    spec: dict[str, Any]
+    spec: dict[str, Any] | None = None
     step: int = 0
     layers: list[str] = Field(default_factory=list)
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    owner: str | None = None
+    status: str = "ok"
+    error: str | None = None
 
     @property
     def task(self) -> str:
-        return str(self.spec.get("task", ""))
+        return str((self.spec or {}).get("task", ""))
 
 
 class LearnResult(_Answer):
@@ -92,7 +96,17 @@ class Metrics(_Answer):
 
 
 class Health(_Answer):
-    """``/healthz`` or ``/readyz``: ``ok`` says whether the answer was 2xx."""
+    """``/healthz`` or ``/readyz``: ``ok`` says whether the answer was 2xx; ``replica``
+    names the replica that answered."""
 
     ok: bool
     status: str | None = None
+    replica: str | None = None
+
+
+class Replica(_Answer):
+    """A live replica of the service and the models it owns."""
+
+    id: str
+    models: list[str] = Field(default_factory=list)
+    started_at: float | None = None

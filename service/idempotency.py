@@ -28,7 +28,8 @@ from service.store.log import parse_id
 
 #: Printable ASCII without spaces, like the header values clients generate (UUIDs...).
 KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
-_LEGACY = "legacy:"
+#: Marks a record migrated from the layout before replicas (hashed without the kind).
+LEGACY_FINGERPRINT = "legacy:"
 
 
 def fingerprint(kind: str, samples_json: bytes) -> str:
@@ -50,9 +51,9 @@ class Record:
 
     def matches(self, kind: str, samples_json: bytes) -> bool:
         """Whether a retry with this key is the same request (same endpoint, same samples)."""
-        if self.fingerprint.startswith(_LEGACY):  # hashed without the kind, which the outcome has
+        if self.fingerprint.startswith(LEGACY_FINGERPRINT):  # hashed without the kind, which the outcome has
             legacy = hashlib.blake2b(samples_json, digest_size=16).hexdigest()
-            return self.outcome.kind == kind and self.fingerprint == _LEGACY + legacy
+            return self.outcome.kind == kind and self.fingerprint == LEGACY_FINGERPRINT + legacy
         return self.fingerprint == fingerprint(kind, samples_json)
 
     def pack(self) -> bytes:
@@ -146,17 +147,4 @@ class IdempotencyRecords:
             packed = record.pack()
             records._records[key] = (record, packed)
             records._bytes += len(packed)
-        return records
-
-    @classmethod
-    def from_legacy(cls, data: bytes, log_id: str, window_ms: int, max_bytes: int) -> IdempotencyRecords:
-        """Records of a format-1 snapshot (``[[key, fingerprint, outcome], ...]``, without
-        times): they count as made at the snapshot's log id."""
-        records = cls(window_ms, max_bytes)
-        for key, fp, outcome in orjson.loads(data or b"[]"):
-            record = Record(log_id, _LEGACY + fp, Outcome.from_json(outcome))
-            packed = record.pack()
-            records._records[key] = (record, packed)
-            records._bytes += len(packed)
-            records._added.add(key)
         return records

@@ -48,14 +48,8 @@ class Context:
     telemetry: Telemetry
 
 
-def records_of(
-    snap: snapshots.Snapshot, fields: dict[bytes, bytes], settings: Settings
-) -> IdempotencyRecords:
+def records_of(fields: dict[bytes, bytes], settings: Settings) -> IdempotencyRecords:
     window = int(settings.IDEMPOTENCY_SECONDS * 1000)
-    if snap.legacy_idempotency is not None:
-        return IdempotencyRecords.from_legacy(
-            snap.legacy_idempotency, snap.log_id, window, settings.IDEMPOTENCY_MAX_BYTES
-        )
     return IdempotencyRecords.loads(fields, window, settings.IDEMPOTENCY_MAX_BYTES)
 
 
@@ -92,7 +86,7 @@ async def take_over(
         snap = await snapshots.read_snapshot(ctx.redis, prefix, name)
         if snap is None:
             raise ModelGone(name)
-        records = records_of(snap, await snapshots.read_records(ctx.redis, prefix, name), ctx.settings)
+        records = records_of(await snapshots.read_records(ctx.redis, prefix, name), ctx.settings)
         read = await log.read_after(ctx.redis, keys.log_key(prefix, name), snap.log_id)
         model = handle.model
         applied, corrupted = await asyncio.to_thread(_replay, model, snap, read, records)

@@ -3,7 +3,8 @@
 Before replicas, models were listed in the set ``{p}:models`` and their keys had no
 hash tag (``{p}:model:<name>:log``). Each such model is copied into its new keys (the
 log and the stats history with their entry ids, so snapshots, rollback records and
-``Last-Event-ID`` cursors stay valid; the snapshot as it was, read as format 1), listed
+``Last-Event-ID`` cursors stay valid; the snapshot as it was, its inline
+Idempotency-Key records moved to the records hash), listed
 in the catalog, and only then are its old keys deleted. A crash part-way leaves the
 old keys in place and the new ones unlisted, and the next start simply starts over.
 One replica at a time migrates (a lock key); the others wait for it.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 
 import orjson
@@ -20,8 +22,11 @@ from redis.asyncio import Redis
 
 from model.learner import OnlineLearner
 from model.spec import ModelSpec
+from service.idempotency import LEGACY_FINGERPRINT, Record
+from service.live import Outcome
 from service.store import catalog, keys
 from service.store.scripts import scripts
+from service.store.snapshots import SNAPSHOT_FORMAT
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +71,15 @@ async def _migrate_model(redis: Redis, prefix: str, name: str) -> None:
         await redis.delete(*keys.model_keys(prefix, name, layers))  # a migration cut short
         incarnation = uuid.uuid4().hex
         created_at = snapshot.get(b"created_at", b"0").decode()
+        legacy_records = snapshot.pop(b"idempotency", b"[]")
+        snapshot[b"format"] = str(SNAPSHOT_FORMAT).encode()
         args: list[bytes | str] = [incarnation, spec_json, orjson.dumps(layers), created_at]
         for k, v in snapshot.items():
             args.extend((k, v))
         await scripts(redis).create(keys=keys.model_keys(prefix, name, layers), args=args)
+        records = _records(legacy_records)
+        if records:
+            await redis.hset(keys.idempotency_key(prefix, name), mapping=records)  # type: ignore[arg-type]
         await _copy_stream(redis, old["log"], keys.log_key(prefix, name))
         await _copy_stream(redis, old["stats"], keys.stats_key(prefix, name))
         for layer in layers:
@@ -79,6 +89,17 @@ async def _migrate_model(redis: Redis, prefix: str, name: str) -> None:
         await redis.hset(keys.catalog_key(prefix), name, incarnation)
         logger.warning("model %s: moved to the replicated key layout", name)
     await redis.delete(*old.values())
+
+
+def _records(legacy: bytes) -> dict[bytes, bytes]:
+    """The inline records of an old snapshot (``[[key, fingerprint, outcome], ...]``, no
+    times) as today's, counted as made now: remembered for a full window from the
+    migration on. Their fingerprints were computed without the endpoint kind."""
+    now_id = f"{int(time.time() * 1000)}-0"
+    out: dict[bytes, bytes] = {}
+    for key, fp, outcome in orjson.loads(legacy or b"[]"):
+        out[key.encode()] = Record(now_id, LEGACY_FINGERPRINT + fp, Outcome.from_json(outcome)).pack()
+    return out
 
 
 async def _copy_stream(redis: Redis, source: str, target: str) -> None:

@@ -12,7 +12,7 @@ from service.store import keys
 from service.store.fencing import FencedWrite
 from service.store.log import START_ID, next_id
 
-SNAPSHOT_FORMAT = 2  # 1: before replicas, with the idempotency records inline
+SNAPSHOT_FORMAT = 2  # 1: before replicas, with the idempotency records inline (migrated)
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,6 @@ class Snapshot:
     created_at: float
     updated_at: float | None
     snapshot_at: float
-    legacy_idempotency: bytes | None = None  # format 1 only
 
     def fields(self) -> dict[bytes, bytes]:
         return {
@@ -41,7 +40,7 @@ class Snapshot:
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes]) -> Snapshot:
         fmt = int(fields.get(b"format", b"0"))
-        if fmt not in (1, SNAPSHOT_FORMAT):
+        if fmt != SNAPSHOT_FORMAT:
             raise ValueError(f"unsupported snapshot format {fmt}")
         updated = fields.get(b"updated_at", b"")
         return cls(
@@ -51,7 +50,6 @@ class Snapshot:
             created_at=float(fields[b"created_at"]),
             updated_at=float(updated) if updated else None,
             snapshot_at=float(fields[b"snapshot_at"]),
-            legacy_idempotency=fields.get(b"idempotency", b"[]") if fmt == 1 else None,
         )
 
 

@@ -122,18 +122,17 @@ class ProcessServer:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
-        def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
                 raise AssertionError(f"the service exited with {self.proc.returncode}:\n{self.log()}")
-            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
-
-        try:
-            wait_for(ready, timeout, "the service subprocess to be ready")
-        except AssertionError:
-            raise
-        except TimeoutError as exc:
-            self.kill()
-            raise TimeoutError(f"{exc}\n{self.log()}") from None
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"the service subprocess was not ready after {timeout} s:\n{self.log()}")
+            time.sleep(0.05)
         return self
 
     def log(self) -> str:
@@ -174,16 +173,18 @@ class ProcessServer:
 class RedisProcess:
     """A throwaway redis-server on a free port, append-only, in its own directory."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, persist: bool = True) -> None:
         self.dir = directory
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.persist = persist  # False: a restart starts empty (no append-only file)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisProcess:
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
         cmd = [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-            "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
+            *aof, "--save", "", "--daemonize", "no",
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

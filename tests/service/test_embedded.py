@@ -65,3 +65,21 @@ def test_embedded_redis_lifecycle(tmp_path: Path) -> None:
     assert not any(p.info["name"] == "redis-server" and str(data) in " ".join(p.info["cmdline"] or [])
                    for p in psutil.process_iter(["name", "cmdline"]))  # fmt: skip
     os.sync()
+
+
+@pytest.mark.timeout(120)
+def test_a_second_process_on_the_embedded_redis_is_refused(tmp_path: Path) -> None:
+    """The embedded server belongs to one process: a second one on the same data dir (a
+    second `uvicorn --workers` process, say) fails at start with a message that says to
+    set REDIS_URL, instead of sharing, and later stopping, the first one's server."""
+    data = tmp_path / "data"
+    env = {"ONLINENORM_DATA_DIR": str(data), "ONLINENORM_DEVICE": "cpu", "ONLINENORM_KEY_PREFIX": "one"}
+    first = ProcessServer(env, tmp_path / "first.log", python_m_service=True).start()
+    try:
+        second = ProcessServer(env, tmp_path / "second.log", python_m_service=True)
+        with pytest.raises(AssertionError, match="set REDIS_URL"):
+            second.start(timeout=60)
+        with first.client() as c:
+            assert c.get("/readyz").status_code == 200
+    finally:
+        first.stop()

@@ -16,8 +16,10 @@ import httpx
 import pytest
 import redis
 
+from clients import Client
 from service.store import keys
 from tests.service.conftest import PROBES, create, samples, spec
+from tests.service.proxy import NginxProcess, nginx_available
 from tests.service.replicas import (
     Acks,
     Replicas,
@@ -26,7 +28,8 @@ from tests.service.replicas import (
     probe_predictions,
     reference,
 )
-from tests.service.servers import wait_for
+from tests.service.servers import ProcessServer, wait_for
+from tests.service.test_ordering import _service_env
 
 MODELS = ["m0", "m1", "m2"]
 
@@ -161,3 +164,91 @@ def test_an_owner_paused_past_its_lease_is_fenced_and_steps_down(
         assert token is not None and int(token.rsplit(b":", 1)[1]) > stale_epoch
         expected = probe_predictions(reference(spec("m"), ordered), PROBES)
         assert converged_predictions(reps.urls(), "m", PROBES) == expected
+
+
+@pytest.mark.skipif(
+    not nginx_available(), reason="nginx is not installed (apt-get install nginx-light; .ci/run does)"
+)
+@pytest.mark.timeout(300)
+def test_a_rolling_restart_under_load_with_an_sdk_client_that_sees_no_error(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """Behind nginx (the proxy settings docker compose ships), every replica is
+    restarted in turn (SIGTERM: its models handed over, then a new process) while SDK
+    clients learn: they never see an error, and every acknowledged step is unique."""
+    names = ["m0", "m1"]
+    with Replicas(redis_url, prefix, tmp_path, 3) as reps:
+        proxy = NginxProcess(tmp_path / "nginx", [s.port for s in reps.servers]).start()
+        try:
+            with Client(proxy.url) as sdk:
+                for name in names:
+                    sdk.create_model(spec(name))
+            reps.wait_owned(names)
+            results: dict[str, list[tuple[int, dict[str, Any]]]] = {n: [] for n in names}
+            errors: list[str] = []
+            stop = threading.Event()
+
+            def learner(k: int) -> None:
+                with Client(proxy.url) as sdk:
+                    for i, s in enumerate(samples(100_000, seed=k + 1)):
+                        if stop.is_set():
+                            return
+                        name = names[(k + i) % len(names)]
+                        try:
+                            r = sdk.learn_one(name, s["x"], s["y"])
+                        except Exception as exc:  # any error at all fails the test
+                            errors.append(f"{type(exc).__name__}: {exc}")
+                            return
+                        results[name].append((r.step, s))
+
+            threads = [threading.Thread(target=learner, args=(k,)) for k in range(3)]
+            for t in threads:
+                t.start()
+            time.sleep(1.0)
+            for i in range(3):
+                reps.restart(i)
+                time.sleep(1.0)
+            stop.set()
+            for t in threads:
+                t.join(timeout=90)
+            assert not errors, errors
+            for name in names:
+                acks = Acks()
+                for step, s in results[name]:
+                    acks.add(name, s, {"step": step})
+                ordered = acks.check_contiguous(name)
+                assert len(ordered) > 20
+                expected = probe_predictions(reference(spec(name), ordered), PROBES)
+                assert converged_predictions(reps.urls(), name, PROBES) == expected
+        finally:
+            proxy.stop()
+
+
+@pytest.mark.timeout(240)
+def test_uvicorn_workers_are_replicas(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    """``uvicorn --workers 2``: two processes behind one port, each a replica (host:pid),
+    models spread over them, learns through the shared port all applied exactly once."""
+    env = _service_env(redis_url, prefix, ONLINENORM_LEASE_SECONDS="2")
+    srv = ProcessServer(env, tmp_path / "workers.log", uvicorn_args=("--workers", "2")).start()
+    try:
+        wait_for(lambda: len(_replica_ids(srv.url)) == 2, 60, "two worker replicas")
+        ids = _replica_ids(srv.url)
+        assert all(re.fullmatch(r".+:[0-9]+", i) for i in ids), ids  # host:pid by default
+        with srv.client() as c:
+            for name in ("m0", "m1"):
+                create(c, spec(name))
+
+        def spread() -> dict[str, str] | None:
+            owners = {n: httpx.get(f"{srv.url}/v1/models/{n}").json()["owner"] for n in ("m0", "m1")}
+            return owners if None not in owners.values() and len(set(owners.values())) == 2 else None
+
+        owners = wait_for(spread, 30, "one model on each worker")
+        assert set(owners.values()) == set(ids)
+        acks = asyncio.run(_learn_everywhere([srv.url], ["m0", "m1"], per_client=20, clients=6))
+        for name in ("m0", "m1"):
+            ordered = acks.check_contiguous(name)
+            assert len(ordered) == 60
+            expected = probe_predictions(reference(spec(name), ordered), PROBES)
+            assert converged_predictions([srv.url] * 4, name, PROBES) == expected
+    finally:
+        assert srv.stop() in (0, -15), srv.log()

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -24,8 +25,9 @@ from service.api.schemas import (
     PredictResponse,
     json_body,
 )
-from service.errors import json_response
+from service.errors import UnavailableError, json_response
 
+T = TypeVar("T")
 router = APIRouter(prefix="/v1/models/{name}", tags=["predict"], dependencies=[ReadAccess])
 
 _FIELDS = ("x",)
@@ -37,6 +39,17 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "invalid body or sample"},
     503: {"model": ErrorBody, "description": "another replica owns the model and Redis is unreachable"},
 }
+
+
+async def _run(predict: Callable[[Any], T], arg: Any) -> T:
+    """A forward pass in a worker thread; one that raises (an allocation that failed) is
+    the service's trouble, not the client's, and changes nothing: 503, retry later."""
+    try:
+        return await asyncio.to_thread(predict, arg)
+    except Exception as exc:
+        raise UnavailableError(
+            f"the prediction failed on this replica ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _item(p: Prediction) -> dict[str, Any]:
@@ -57,7 +70,7 @@ async def predict_sample(handle: ModelDep, request: Request, settings: SettingsD
     sample = bodies.sample_fields(await bodies.read_json(request), _FIELDS)
     xs, _ = await bodies.check_samples(handle.model.learner, [sample], with_y=False, batch=False)
     await handle.readable(settings.FOLLOWER_STALENESS_SECONDS)
-    step, prediction = await asyncio.to_thread(handle.model.predict_one, xs[0])
+    step, prediction = await _run(handle.model.predict_one, xs[0])
     handle.model.predict_latency.record(time.perf_counter() - started)
     return json_response(200, {**_item(prediction), "step": step})
 
@@ -75,6 +88,6 @@ async def predict_batch(handle: ModelDep, request: Request, settings: SettingsDe
     samples = bodies.batch_fields(body, _FIELDS, settings.MAX_BATCH_SAMPLES)
     xs, _ = await bodies.check_samples(handle.model.learner, samples, with_y=False, batch=True)
     await handle.readable(settings.FOLLOWER_STALENESS_SECONDS)
-    step, predictions = await asyncio.to_thread(handle.model.predict, xs)
+    step, predictions = await _run(handle.model.predict, xs)
     handle.model.predict_latency.record(time.perf_counter() - started)
     return json_response(200, {"step": step, "predictions": [_item(p) for p in predictions]})
