@@ -1,4 +1,5 @@
-# The onlinenorm service: `uvicorn service.app:app` on port 8000, beside a redis:7 (docker-compose.yml).
+# The onlinenorm service: `uvicorn service.app:app` on port 8000; docker-compose.yml runs
+# several of these replicas behind nginx, beside a redis:7.
 # CPU PyTorch by default; for a CUDA build pass --build-arg TORCH_INDEX_URL=https://pypi.org/simple
 # (docker-compose.gpu.yml does).
 FROM python:3.11-slim
@@ -32,6 +33,7 @@ USER onlinenorm
 EXPOSE 8000
 VOLUME ["/data"]
 
-# One process: each model has exactly one writer. exec, so uvicorn gets SIGTERM and
-# writes a last snapshot of every model before it exits.
+# One replica per container (scale with `docker compose up --scale api=N`, or pass
+# `--workers N`). exec, so uvicorn gets SIGTERM and hands every model it owns over
+# (a last snapshot, the lease released) before it exits.
 CMD ["sh", "-c", "exec uvicorn service.app:app --host \"$ONLINENORM_HOST\" --port \"$ONLINENORM_PORT\" --timeout-graceful-shutdown 10"]

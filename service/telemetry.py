@@ -83,9 +83,6 @@ class Telemetry:
             ["reason"],
             registry=r,
         )
-        self.remote_learns = Counter(
-            "onlinenorm_remote_learns", "learn requests handed to another replica through the log", registry=r
-        )
         self.redis_data_loss = Counter(
             "onlinenorm_redis_data_loss",
             "times this replica saw Redis lose data (its instance marker or a model's keys vanished)",

@@ -8,9 +8,10 @@ any entries other replicas appended since the last one applied here. It applies 
 them in log order in a worker thread, one optimizer step per sample, then records what
 must be durable before anything later is acknowledged (rollbacks, the outcomes other
 replicas wait for, a snapshot a sync asked for) in one more fenced call, and only then
-answers. A bell (a one-item list that non-owners push to) wakes it when other replicas
-append while nothing is queued here. Between groups it writes snapshots and normalizer
-stats when they are due.
+answers. A bell (a list that non-owners push to) wakes it when other replicas append
+while nothing is queued here; it carries the entries themselves, so the owner reads the
+log only when they do not follow what it applied. Between groups it writes snapshots
+and normalizer stats when they are due.
 
 Every write is fenced by the lease token: when Redis refuses one, this replica is no
 longer the owner; the writer stops and hands back what it had not finished, so the
@@ -163,6 +164,8 @@ class ModelWriter:
         self._on_exit = on_exit
         self._last_id = last_id
         self._remote_pending = True  # other replicas may have appended while we took over
+        self._must_read = True  # read the log itself, not just what the bell carried
+        self._bell_items: list[log.BellItem] = []
         self._queue: deque[LearnJob] = deque()
         self._wake = asyncio.Event()
         self.accepting = True
@@ -199,7 +202,9 @@ class ModelWriter:
         self._bell_task = asyncio.create_task(self._listen_bell(), name=f"bell:{self.model.name}")
 
     def submit(self, job: LearnJob) -> None:
-        """Queue a validated request; its future resolves once applied (or refused)."""
+        """Queue a validated request (only while :attr:`accepting`); its future resolves
+        once applied (or refused)."""
+        assert self.accepting, "the writer is stopping: send the request the remote way"
         self._queue.append(job)
         self._wake.set()
 
@@ -246,6 +251,7 @@ class ModelWriter:
             logger.exception("model %s: writer failed", self.model.name)
             exit_.reason = REBUILD
         finally:
+            self.accepting = False  # before any await: no request may join a queue nobody drains
             exit_.unanswered = [j for j in self._logged if not j.future.done()]
             exit_.answers, self._computed = self._computed, {}
             exit_.unlogged = [j for j in (*self._followers, *self._queue) if not j.future.done()]
@@ -318,17 +324,19 @@ class ModelWriter:
         to_log, followers = self._answer_known_keys(self._take_group())
         self._followers = [f for fs in followers.values() for f in fs]
         self._remote_pending = False
+        rung, self._bell_items = self._bell_items, []
         started = time.perf_counter()
         try:
             if to_log:
                 pending, ids = await self._append(to_log)
             else:
-                pending, ids = await log.read_after(self.redis, self._log_key, self._last_id), []
+                pending, ids = await self._read_remote(rung), []
+            self._must_read = False
         except FencedError as exc:
             self._queue.extendleft(reversed(to_log))  # not logged: left to be answered elsewhere
             raise _Stop(exc.reason) from exc
         except (*UNREACHABLE, RedisError) as exc:
-            self._remote_pending = True  # the write may have landed: read the log first next time
+            self._remote_pending = self._must_read = True  # the write may have landed: read the log
             if isinstance(exc, UNREACHABLE):
                 self.health.mark_down(exc)
             else:
@@ -366,6 +374,14 @@ class ModelWriter:
                 for follower in followers.get(job.idempotency_key or "", []):
                     self._answer_follower(follower, a.answer, job)
         self._logged, self._followers = [], []
+
+    async def _read_remote(self, rung: list[log.BellItem]) -> log.LogRead:
+        """What other replicas appended after ``last_id``: straight from their bell items
+        when those follow ``last_id`` without a gap (no round trip), else from the log."""
+        entries = None if self._must_read else log.follow_bell(rung, self._last_id)
+        if entries is None:
+            return await log.read_after(self.redis, self._log_key, self._last_id)
+        return log.LogRead(entries, {}, entries[-1].id if entries else "")
 
     def _own_entry(self, entry_id: str, job: LearnJob) -> log.LogEntry:
         return log.LogEntry(
@@ -613,15 +629,23 @@ class ModelWriter:
         backoff = _RETRY_FIRST
         while not self._exiting:
             try:
+                # One item per call (BLMPOP would take many, but needs Redis 7): when more
+                # are queued the next call returns at once, while the writer works.
                 rang = await self.redis.blpop([self._bell_key], timeout=_BELL_BLOCK_SECONDS)
                 backoff = _RETRY_FIRST
             except (*UNREACHABLE, RedisError):
+                self._must_read = True  # items may have been popped and lost
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _RETRY_MAX)
                 continue
-            if rang is not None:
-                self._remote_pending = True
-                self._wake.set()
+            if rang is None:
+                continue
+            try:
+                self._bell_items.append(log.parse_bell_item(rang[1]))
+            except (ValueError, TypeError, KeyError, AssertionError):
+                self._must_read = True  # not an item this version understands: read the log
+            self._remote_pending = True
+            self._wake.set()
 
     # ------------------------------------------------------------------ answers
     def _count(self, outcome: Outcome) -> None:

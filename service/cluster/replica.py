@@ -177,8 +177,7 @@ class Replica:
         await self._check_instance()
         await self.registry.sync_catalog()
         handles = [h for h in self.registry.handles() if h.unrecoverable is None]
-        live = self.live if self.id in self.live else sorted({*self.live, self.id})
-        assignment = placement.assign([h.name for h in handles], live)
+        assignment = placement.assign([h.name for h in handles], self._live_here())
         claims: list[Awaitable[None]] = []
         for handle in handles:
             target = assignment.get(handle.name)
@@ -222,12 +221,15 @@ class Replica:
     async def claim_if_placed(self, handle: ModelHandle) -> None:
         """Right after a create on this replica: take the model at once if it is placed here."""
         names = sorted({h.name for h in self.registry.handles()} | {handle.name})
-        live = self.live if self.id in self.live else sorted({*self.live, self.id})
-        if placement.assign(names, live).get(handle.name) == self.id:
+        if placement.assign(names, self._live_here()).get(handle.name) == self.id:
             with contextlib.suppress(*UNREACHABLE, RedisError):
                 await self._claim(handle)
         else:
             self.wake()
+
+    def _live_here(self) -> list[str]:
+        """The live replicas, this one included (its own heartbeat may not be in yet)."""
+        return self.live if self.id in self.live else sorted({*self.live, self.id})
 
     # --------------------------------------------------------------- ownership
     def _dead_here(self, holder: str) -> bool:
@@ -442,19 +444,8 @@ class Replica:
                 if not job.future.done():
                     job.future.set_exception(error)
             return
-        new = ModelWriter(
-            model,
-            fence=fence,
-            redis=self.redis,
-            health=self.health,
-            settings=self.settings,
-            telemetry=self.telemetry,
-            records=records,
-            last_id=log.START_ID,
-            snapshot_step=step,
-            snapshot_log_id=log.START_ID,
-            deliver=handle.remote.deliver,
-            on_exit=self._writer_exited(handle),
+        new = self._ctx.writer(
+            handle, fence, records, log.START_ID, step, log.START_ID, self._writer_exited(handle)
         )
         handle.writer = new
         new.start()

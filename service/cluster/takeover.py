@@ -47,6 +47,32 @@ class Context:
     settings: Settings
     telemetry: Telemetry
 
+    def writer(
+        self,
+        handle: ModelHandle,
+        fence: Fence,
+        records: IdempotencyRecords,
+        last_id: str,
+        snapshot_step: int,
+        snapshot_log_id: str,
+        on_exit: Callable[[ModelWriter, WriterExit], None],
+    ) -> ModelWriter:
+        """The writer of ``handle``'s model under ``fence``, from log entry ``last_id`` on."""
+        return ModelWriter(
+            handle.model,
+            fence=fence,
+            redis=self.redis,
+            health=self.health,
+            settings=self.settings,
+            telemetry=self.telemetry,
+            records=records,
+            last_id=last_id,
+            snapshot_step=snapshot_step,
+            snapshot_log_id=snapshot_log_id,
+            deliver=handle.remote.deliver,
+            on_exit=on_exit,
+        )
+
 
 def records_of(fields: dict[bytes, bytes], settings: Settings) -> IdempotencyRecords:
     window = int(settings.IDEMPOTENCY_SECONDS * 1000)
@@ -78,7 +104,7 @@ async def take_over(
     ctx: Context,
     on_exit: Callable[[ModelWriter, WriterExit], None],
 ) -> ModelWriter:
-    """Rebuild ``handle``'s model from Redis under ``fence`` and return its started writer.
+    """Rebuild ``handle``'s model from Redis under ``fence`` and return its writer (to start).
     Raises :class:`ModelGone`, :class:`Unrecoverable` or :class:`FencedError`."""
     prefix, name = fence.prefix, fence.name
     started = time.perf_counter()
@@ -97,19 +123,8 @@ async def take_over(
                     write.xadd(keys.log_key(prefix, name), log.rollback_fields(a.entry.id, a.rollback))
             await write.run(ctx.redis)
             continue
-        writer = ModelWriter(
-            model,
-            fence=fence,
-            redis=ctx.redis,
-            health=ctx.health,
-            settings=ctx.settings,
-            telemetry=ctx.telemetry,
-            records=records,
-            last_id=log.later(snap.log_id, read.last_id),
-            snapshot_step=snap.step,
-            snapshot_log_id=snap.log_id,
-            deliver=handle.remote.deliver,
-            on_exit=on_exit,
+        writer = ctx.writer(
+            handle, fence, records, log.later(snap.log_id, read.last_id), snap.step, snap.log_id, on_exit
         )
         await writer.record_replay(applied)
         logger.info(

@@ -99,7 +99,8 @@ def results_key(p: str, name: str) -> str:
 
 
 def bell_key(p: str, name: str) -> str:
-    """List of at most one item: rung when a non-owner appends to the log, to wake the owner."""
+    """List, capped: the entries non-owners appended to the log (each with the id before
+    it), pushed to wake the owner and spare it reading the log."""
     return f"{_model(p, name)}:bell"
 
 

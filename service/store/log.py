@@ -163,12 +163,50 @@ async def read_after(redis: Redis, key: str, after_id: str) -> LogRead:
         cursor = chunk[-1][0].decode()
 
 
+#: Bell items kept for an owner that is not reading them (it falls back to the log).
+BELL_ITEMS = 1000
+
+
+@dataclass(frozen=True)
+class BellItem:
+    """An entry another replica appended, as its bell carries it: ``prev`` is the id of
+    the entry just before it in the log when it was appended (``''``: none left)."""
+
+    prev: str
+    entry: LogEntry
+
+
+def parse_bell_item(raw: bytes) -> BellItem:
+    prev, entry_id, *flat = orjson.loads(raw)
+    fields = {flat[i].encode(): flat[i + 1].encode() for i in range(0, len(flat), 2)}
+    entry = entry_from_fields(entry_id, fields)
+    assert isinstance(entry, LogEntry)
+    return BellItem(prev, entry)
+
+
+def follow_bell(items: list[BellItem], last_id: str) -> list[LogEntry] | None:
+    """The entries after ``last_id`` from bell items, if they follow it without a gap
+    (each one's ``prev`` the one before it, the first one's ``last_id``, or ``''``: the
+    log held nothing unapplied); None if the log must be read instead. An empty
+    ``prev`` is safe because only applied entries are ever trimmed from the log."""
+    out: list[LogEntry] = []
+    expected = last_id
+    for item in items:
+        if parse_id(item.entry.id) <= parse_id(expected):
+            continue  # applied already (read with a group of this owner's own)
+        if item.prev != expected and not (item.prev == "" and not out):
+            return None
+        out.append(item.entry)
+        expected = item.entry.id
+    return out
+
+
 async def append_remote(
     redis: Redis, prefix: str, name: str, incarnation: str, fields: dict[bytes, bytes]
 ) -> tuple[str, str | None] | None:
     """Append one entry from any replica and wake the owner: ``(entry id, lease holder)``,
     or None when the model (this incarnation of it) no longer exists."""
-    args: list[bytes | str] = [incarnation]
+    args: list[bytes | str] = [incarnation, str(BELL_ITEMS)]
     for k, v in fields.items():
         args.extend((k, v))
     reply = await scripts(redis).append(

@@ -74,13 +74,22 @@ return 'expired'
 
 APPEND = """
 -- Append one request to a model's log from any replica (the log is the queue), and ring
--- the owner's bell. KEYS[1]: meta, KEYS[2]: log, KEYS[3]: bell, KEYS[4]: lease.
--- ARGV[1]: the incarnation the caller serves; ARGV[2..]: the entry's field/value pairs.
+-- the owner's bell with it: the bell item carries the entry and the id of the entry just
+-- before it in the log ('' if none is left), so an owner that applied exactly that one
+-- can apply this one without reading the log.
+-- KEYS[1]: meta, KEYS[2]: log, KEYS[3]: bell, KEYS[4]: lease.
+-- ARGV[1]: the incarnation the caller serves; ARGV[2]: most bell items kept;
+--   ARGV[3..]: the entry's field/value pairs.
 -- Returns {entry id, lease holder or false}, or false when the model is gone.
 if redis.call('HGET', KEYS[1], 'inc') ~= ARGV[1] then return false end
-local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
-redis.call('LPUSH', KEYS[3], '1')
-redis.call('LTRIM', KEYS[3], 0, 0)
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local prev = ''
+if last[1] then prev = last[1][1] end
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+local item = {prev, id}
+for i = 3, #ARGV do item[#item + 1] = ARGV[i] end
+redis.call('RPUSH', KEYS[3], cjson.encode(item))
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[2]), -1)
 return {id, redis.call('HGET', KEYS[4], 'replica')}
 """
 

@@ -134,15 +134,40 @@ def test_api_service_builds_from_the_repo_and_waits_for_redis() -> None:
 
 
 def test_ports_and_healthcheck_agree_with_the_service() -> None:
-    api = load(COMPOSE)["services"]["api"]
+    services = load(COMPOSE)["services"]
+    api, proxy = services["api"], services["proxy"]
     port = str(api["environment"]["ONLINENORM_PORT"])
-    published = [str(p).rsplit(":", 1)[-1] for p in api["ports"]]
+    assert "ports" not in api, "replicas are reached through the proxy, not published one by one"
+    assert [str(p) for p in api["expose"]] == [port]
+    published = [str(p).rsplit(":", 1)[-1] for p in proxy["ports"]]
     assert published == [port]
     assert f"EXPOSE {port}" in [f"{i} {a}" for i, a in dockerfile()]
     probe = " ".join(api["healthcheck"]["test"])
     assert f"127.0.0.1:{port}/readyz" in probe
     routes = "\n".join(p.read_text() for p in (ROOT / "service" / "api").rglob("*.py"))
     assert '"/readyz"' in routes, "the service has no /readyz route"
+
+
+def test_the_proxy_runs_the_nginx_config_the_tests_run() -> None:
+    """nginx in front of the replicas: its files exist, it listens where compose
+    publishes, its upstream is the api service's port, and its proxy settings are the
+    file tests/service/proxy.py puts in front of real replicas."""
+    services = load(COMPOSE)["services"]
+    proxy, api = services["proxy"], services["api"]
+    assert proxy["image"].startswith("nginx:1.27")  # 1.27.3+: upstream servers re-resolved
+    mounts = dict(v.split(":")[:2] for v in proxy["volumes"])
+    for source in mounts:
+        assert (ROOT / source).is_file(), f"the proxy mounts {source}, which is not in the repo"
+    conf = (ROOT / "deploy/nginx/nginx.conf").read_text()
+    port = str(api["environment"]["ONLINENORM_PORT"])
+    assert f"server api:{port} resolve" in conf
+    assert f"listen {port};" in conf
+    assert f"include {mounts['./deploy/nginx/proxy.conf']};" in conf
+    assert mounts["./deploy/nginx/nginx.conf"] == "/etc/nginx/nginx.conf"
+    tests_proxy = (ROOT / "tests/service/proxy.py").read_text()
+    assert '"deploy" / "nginx" / "proxy.conf"' in tests_proxy
+    assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
+    assert api["deploy"]["replicas"] >= 2
 
 
 def test_dockerfile_installs_the_project_and_runs_uvicorn() -> None:
@@ -179,7 +204,8 @@ def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
 
 def test_gpu_reservation_only_in_the_override() -> None:
     base_api = load(COMPOSE)["services"]["api"]
-    assert "deploy" not in base_api, "a GPU reservation in the base file stops CPU hosts from starting"
+    reservations = base_api.get("deploy", {}).get("resources", {}).get("reservations", {})
+    assert "devices" not in reservations, "a GPU reservation in the base file stops CPU hosts from starting"
     override = load(GPU)["services"]
     assert set(override) <= set(load(COMPOSE)["services"])
     api = override["api"]

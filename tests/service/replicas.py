@@ -86,12 +86,22 @@ class Acks:
     """What the clients were answered: per model, the acknowledged samples by step."""
 
     by_model: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
+    answers: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
 
     def add(self, name: str, sample: dict[str, Any], answer: dict[str, Any]) -> None:
         steps = self.by_model.setdefault(name, {})
         assert answer["step"] not in steps, f"step {answer['step']} of {name} acknowledged twice"
         steps[answer["step"]] = sample
+        self.answers.setdefault(name, {})[answer["step"]] = answer
+
+    def check_answers(self, name: str, learner_spec: dict[str, Any]) -> None:
+        """Every answer, whichever replica gave it, is exactly what a learner fed the
+        acknowledged samples in step order answers: the same step, loss and prediction."""
+        ordered = self.check_contiguous(name)
+        results = OnlineLearner(learner_spec).learn_many([s["x"] for s in ordered], [s["y"] for s in ordered])
+        for result in results:
+            got = self.answers[name][result.step]
+            assert (got["loss"], got["prediction"]) == (result.loss, result.prediction), (name, result.step)
 
     def check_contiguous(self, name: str) -> list[dict[str, Any]]:
         """Every step from 1 to n acknowledged exactly once: the samples in step order."""

@@ -70,6 +70,7 @@ def test_three_replicas_take_learns_at_once(redis_url: str, prefix: str, tmp_pat
         acks = asyncio.run(_learn_everywhere(reps.urls(), MODELS, per_client=40, clients=6))
         for name in MODELS:
             ordered = acks.check_contiguous(name)  # every acknowledged step unique, none missing
+            acks.check_answers(name, spec(name))  # and every body exactly the owner's
             expected = probe_predictions(reference(spec(name), ordered), PROBES)
             assert converged_predictions(reps.urls(), name, PROBES) == expected
             for url in reps.urls():
@@ -114,6 +115,7 @@ def test_kill_9_of_the_owner_under_load(redis_url: str, prefix: str, tmp_path: P
         assert killed_at, "the owner was never killed"
         ordered = acks.check_contiguous("m")
         assert len(ordered) == 240
+        acks.check_answers("m", spec("m"))  # answers given through a failover are exact too
         new_owner = reps.wait_owned(["m"], via=(victim + 1) % 3)["m"]
         assert new_owner != f"r{victim}"
         assert converged_predictions(survivors, "m", PROBES) == probe_predictions(
