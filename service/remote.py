@@ -189,7 +189,7 @@ class RemoteLearns:
     async def _run_tail(self, ready: asyncio.Event) -> None:
         cursor: str | None = None
         idle_since = time.monotonic()
-        while True:
+        while self._closed is None:
             try:
                 if cursor is None:
                     cursor = await results.last_id(self.redis, self.prefix, self.name)
@@ -215,7 +215,6 @@ class RemoteLearns:
             if not future.done():
                 future.set_exception(error)
         if self._tail is not None:
-            self._tail.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tail
+            self._tail.cancel()  # a blocked XREAD may swallow it: the flag ends the loop
+            await asyncio.wait([self._tail], timeout=_BLOCK_MS / 1000 + 1)
             self._tail = None

@@ -50,6 +50,8 @@ from service.writer import LOST, REBUILD, ModelWriter, WriterExit
 logger = logging.getLogger(__name__)
 
 _EVENTS_BLOCK_MS = 1000
+#: At shutdown, background tasks get this long to end once cancelled.
+_STOP_WAIT_SECONDS = 3.0
 #: A deleted model's keys go before its catalog entry: wait this long before calling
 #: "listed but its keys are gone" a loss rather than a deletion in progress.
 _DELETE_SETTLE_SECONDS = 1.0
@@ -102,6 +104,7 @@ class Replica:
         self._last_orphan_check = float("-inf")
         self._wake = asyncio.Event()
         self._stopping = False
+        self._renewing = True
         self._tasks: list[asyncio.Task[None]] = []
         self._spawned: set[asyncio.Task[Any]] = set()
         registry.on_created = self.claim_if_placed
@@ -123,11 +126,11 @@ class Replica:
 
     async def stop(self) -> None:
         """Leave, and hand every owned model over (last snapshot, lease released)."""
-        self._stopping = True
+        self._stopping = True  # the loops end on it (a cancelled blocking Redis read may not)
         renewer = self._tasks[1] if len(self._tasks) > 1 else None
-        for task in self._tasks:
-            if task is not renewer:
-                task.cancel()
+        others = [t for t in self._tasks if t is not renewer]
+        for task in others:
+            task.cancel()
         with contextlib.suppress(*UNREACHABLE, RedisError):
             await membership.leave(self.redis, self.prefix, self.id)
             await self._publish(events.LEFT, self.id)
@@ -135,11 +138,12 @@ class Replica:
         await asyncio.gather(*(w.stop("shutdown") for _, w in writers), return_exceptions=True)
         for handle, _ in writers:
             await self._publish(events.RELEASED, handle.name)
-        for task in [*self._tasks, *self._spawned]:
+        self._renewing = False
+        tasks = [*self._tasks, *self._spawned]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._spawned]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            await asyncio.wait(tasks, timeout=_STOP_WAIT_SECONDS)
         for handle in self.registry.handles():
             await handle.remote.close(UnavailableError("the service is stopping"))
 
@@ -151,7 +155,7 @@ class Replica:
 
     # ------------------------------------------------------------------- rounds
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll)
             self._wake.clear()
@@ -310,7 +314,7 @@ class Replica:
             await leases.release(self.redis, fence)
 
     async def _renew_loop(self) -> None:
-        while True:
+        while self._renewing:  # on while stop() hands the models over
             await asyncio.sleep(self._renew_every)
             owned = [(h.writer, h.writer.fence) for h in self.registry.handles() if h.writer is not None]
             taking = [(None, f) for f in self._taking.values() if f.token]
@@ -494,7 +498,7 @@ class Replica:
 
     async def _events_loop(self) -> None:
         cursor = "$"
-        while True:
+        while not self._stopping:
             try:
                 if cursor == "$":
                     cursor = await events.last_id(self.redis, self.prefix)

@@ -112,6 +112,7 @@ class RedisHealth:
         self.down_since: float | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def mark_down(self, exc: BaseException) -> None:
         """Called by whoever saw Redis fail; the monitor takes it from here."""
@@ -139,7 +140,7 @@ class RedisHealth:
 
     async def _run(self) -> None:
         backoff = _FIRST_BACKOFF
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval if self.up else backoff)
             self._wake.clear()
@@ -149,8 +150,8 @@ class RedisHealth:
         self._task = asyncio.create_task(self._run(), name="redis-health")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._task.cancel()  # a ping in flight may swallow it: the flag ends the loop
+            await asyncio.wait([self._task], timeout=self.interval + 1)
             self._task = None
