@@ -47,11 +47,8 @@ class Fence:
     token: str
 
     @property
-    def incarnation(self) -> str:
-        return self.token.rsplit(":", 1)[0]
-
-    @property
     def epoch(self) -> int:
+        """The token is ``incarnation:epoch``; the epoch grows with every acquisition."""
         return int(self.token.rsplit(":", 1)[1])
 
 
