@@ -92,7 +92,8 @@ class FollowerCopy:
             return
         if (snap_id and _not_after(newest, snap_id)) or not holder:
             await self._load_snapshot()  # the snapshot has it all, or no owner can say more
-            self.checked_at = started if _not_after(newest, self.state_log_id) else self.checked_at
+            if _not_after(newest, self.state_log_id):
+                self.checked_at = started
             return
         try:
             reply = await asyncio.wait_for(self.remote.sync(), SYNC_TIMEOUT)

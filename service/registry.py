@@ -317,10 +317,7 @@ class Registry:
         await handle.remote.close(error)
 
     async def _publish(self, kind: str, subject: str) -> None:
-        try:
-            await events.publish(self.redis, self.prefix, kind, subject, self.replica)
-        except (*UNREACHABLE, RedisError) as exc:  # the others' polls will notice anyway
-            logger.warning("could not publish the %s event of %s: %s", kind, subject, exc)
+        await events.announce(self.redis, self.prefix, kind, subject, self.replica)
 
     def _redis_failed(self, exc: Exception) -> None:
         if isinstance(exc, UNREACHABLE):

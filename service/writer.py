@@ -42,7 +42,7 @@ from service.answers import Answer, SyncReply
 from service.applier import Applied, apply_entry
 from service.config import Settings
 from service.errors import InvalidInputError, ServiceError, UnavailableError
-from service.idempotency import IdempotencyRecords, fingerprint
+from service.idempotency import IdempotencyRecords
 from service.live import LiveModel, Outcome
 from service.store import keys, log, results, snapshots, stats
 from service.store.connection import UNREACHABLE, RedisHealth
@@ -522,9 +522,7 @@ class ModelWriter:
     def _answer_follower(self, follower: LearnJob, answer: Answer, first: LearnJob) -> None:
         if answer.error is not None:
             _reject(follower, answer.error)
-        elif follower.kind != first.kind or fingerprint(follower.kind, follower.samples_json) != fingerprint(
-            first.kind, first.samples_json
-        ):
+        elif (follower.kind, follower.samples_json) != (first.kind, first.samples_json):
             _reject(follower, _key_reused(follower.idempotency_key or ""))
         else:
             self.telemetry.idempotent_replays.inc()

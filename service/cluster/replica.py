@@ -479,7 +479,7 @@ class Replica:
         self.telemetry.models_owned.set(len(info["models"]))
         for other in self.live:  # a crashed process of this host still counts as live: drop it
             if other != self.id and self._dead_here(other):
-                await membership.forget(self.redis, self.prefix, other)
+                await membership.leave(self.redis, self.prefix, other)
 
     async def replicas(self) -> list[dict[str, Any]]:
         """The live replicas and what each says it owns."""
@@ -510,8 +510,7 @@ class Replica:
                 self.wake()
 
     async def _publish(self, kind: str, subject: str) -> None:
-        with contextlib.suppress(*UNREACHABLE, RedisError):
-            await events.publish(self.redis, self.prefix, kind, subject, self.id)
+        await events.announce(self.redis, self.prefix, kind, subject, self.id)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -5,9 +5,15 @@ costs time."""
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+import logging
 
-from service.store import keys
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from service.store import keys, streams
+from service.store.connection import UNREACHABLE
+
+logger = logging.getLogger(__name__)
 
 _CAP = 1000
 
@@ -28,9 +34,17 @@ async def publish(redis: Redis, prefix: str, kind: str, subject: str, replica: s
     )
 
 
+async def announce(redis: Redis, prefix: str, kind: str, subject: str, replica: str) -> None:
+    """:func:`publish`, best effort: an event that cannot be written costs the others a
+    poll interval, never a request."""
+    try:
+        await publish(redis, prefix, kind, subject, replica)
+    except (*UNREACHABLE, RedisError) as exc:
+        logger.warning("could not publish the %s event of %s: %s", kind, subject, exc)
+
+
 async def last_id(redis: Redis, prefix: str) -> str:
-    newest = await redis.xrevrange(keys.events_key(prefix), count=1)
-    return newest[0][0].decode() if newest else "0-0"
+    return await streams.newest_id(redis, keys.events_key(prefix))
 
 
 async def wait(
@@ -38,10 +52,9 @@ async def wait(
 ) -> tuple[str, list[tuple[str, str, str]]]:
     """Events after ``after`` (waiting up to ``block_ms``): the new cursor, and
     ``(kind, subject, replica)`` for each."""
-    reply = await redis.xread({keys.events_key(prefix): after}, count=100, block=block_ms)
-    if not reply:
+    entries = await streams.read_after(redis, keys.events_key(prefix), after, block_ms, 100)
+    if not entries:
         return after, []
-    entries = reply[0][1]
     out = [
         (f[b"kind"].decode(), f.get(b"subject", b"").decode(), f.get(b"replica", b"").decode())
         for _, f in entries

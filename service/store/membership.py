@@ -36,10 +36,6 @@ async def describe(redis: Redis, prefix: str, replica: str) -> dict[str, Any]:
 
 
 async def leave(redis: Redis, prefix: str, replica: str) -> None:
+    """Drop a replica's membership: this one's at shutdown, or another's known to be dead."""
     await redis.zrem(keys.replicas_key(prefix), replica)
     await redis.delete(keys.replica_key(prefix, replica))
-
-
-async def forget(redis: Redis, prefix: str, replica: str) -> None:
-    """Drop another replica's membership (one known to be dead)."""
-    await leave(redis, prefix, replica)

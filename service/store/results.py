@@ -10,7 +10,7 @@ import time
 
 from redis.asyncio import Redis
 
-from service.store import keys
+from service.store import keys, streams
 from service.store.fencing import FencedWrite
 
 #: How long results are kept: longer than any waiter waits (ONLINENORM_REMOTE_TIMEOUT_SECONDS).
@@ -30,8 +30,7 @@ def add_results(write: FencedWrite, results: list[tuple[str, bytes]]) -> None:
 
 
 async def last_id(redis: Redis, prefix: str, name: str) -> str:
-    newest = await redis.xrevrange(keys.results_key(prefix, name), count=1)
-    return newest[0][0].decode() if newest else "0-0"
+    return await streams.newest_id(redis, keys.results_key(prefix, name))
 
 
 async def wait(
@@ -39,10 +38,9 @@ async def wait(
 ) -> tuple[str, list[tuple[str, bytes]]]:
     """Results after ``after`` (waiting up to ``block_ms`` for one): the new cursor and
     the ``(req, body)`` pairs."""
-    reply = await redis.xread({keys.results_key(prefix, name): after}, count=_READ_CHUNK, block=block_ms)
-    if not reply:
+    entries = await streams.read_after(redis, keys.results_key(prefix, name), after, block_ms, _READ_CHUNK)
+    if not entries:
         return after, []
-    entries = reply[0][1]
     return entries[-1][0].decode(), [(f[b"req"].decode(), f[b"body"]) for _, f in entries]
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 from redis.asyncio import Redis
 
-from service.store import keys
+from service.store import keys, streams
 
 #: A stream entry id, ``<ms>-<seq>``.
 ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
@@ -28,7 +28,7 @@ _SUMMARY_KEYS = (
     "u_mean", "u_spread", "u_abs_max",
     "v_mean", "v_spread", "v_abs_max",
 )  # fmt: skip
-Entry = tuple[bytes, dict[bytes, bytes]]
+Entry = streams.Entry
 
 
 def is_entry_id(text: str) -> bool:
@@ -118,8 +118,7 @@ async def read_after_step(redis: Redis, prefix: str, name: str, step: int, limit
 
 async def last_id(redis: Redis, prefix: str, name: str) -> str:
     """The newest entry's id, or ``0-0`` for an empty stream: where "from now" starts."""
-    newest = await redis.xrevrange(keys.stats_key(prefix, name), count=1)
-    return newest[0][0].decode() if newest else "0-0"
+    return await streams.newest_id(redis, keys.stats_key(prefix, name))
 
 
 async def wait_after(
@@ -127,8 +126,7 @@ async def wait_after(
 ) -> list[Entry]:
     """Entries after ``entry_id``, waiting up to ``block_ms`` for one (XREAD BLOCK);
     an empty list when none came. Keep ``block_ms`` under the client's socket timeout."""
-    reply = await redis.xread({keys.stats_key(prefix, name): entry_id}, count=count, block=block_ms)
-    return list(reply[0][1]) if reply else []  # RESP2: [[key, [(id, fields), ...]]]
+    return await streams.read_after(redis, keys.stats_key(prefix, name), entry_id, block_ms, count)
 
 
 async def model_listed(redis: Redis, prefix: str, name: str) -> bool:
