@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from model import fast
 from model.layers import ActivationClamp, LayerScaling, OnlineNorm
 from model.metrics import PrequentialMetrics
 from model.networks import build_network, online_norm_layers, skip_parameters
@@ -30,6 +31,9 @@ from model.state_io import (
 
 STATE_FORMAT = 1
 PredictionValue = int | float | list[float]
+#: ``fast``: the explicit step of :mod:`model.fast` where it covers the spec and device;
+#: ``eager``: the autograd step, the reference; ``auto``: fast where covered, else eager.
+StepPath = Literal["auto", "fast", "eager"]
 
 
 class InvalidSampleError(ValueError):
@@ -148,14 +152,38 @@ class OnlineLearner:
     update. A step whose loss or gradients are not finite is rolled back entirely
     (weights, optimizer state, ON buffers, metrics) and raises
     :class:`NonFiniteStepError`. Not thread-safe: callers serialize access.
+
+    ``path`` picks the step (:data:`StepPath`). It is decided here, from the spec and
+    device alone, so every learner of a spec takes the same path on every replay. The
+    fast path bypasses autograd and optimizer hooks; register hooks on an ``eager`` one.
     """
 
-    def __init__(self, spec: ModelSpec | Mapping[str, Any], device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        spec: ModelSpec | Mapping[str, Any],
+        device: str | torch.device = "cpu",
+        path: StepPath = "auto",
+    ) -> None:
         self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec.model_validate(spec)
         self.device = resolve_device(device)
         self.network = build_network(self.spec).to(self.device)
         self._params = [p for p in self.network.parameters() if p.requires_grad]
         self.optimizer = _make_optimizer(self.spec, self.network)
+        reason = fast.unsupported_reason(self.spec, self.device)
+        if path == "fast" and reason is not None:
+            raise ValueError(reason)
+        if path not in ("auto", "fast", "eager"):
+            raise ValueError(f"path must be 'auto', 'fast' or 'eager' (got {path!r})")
+        self._fast: fast.MLPStep | None = None
+        if path != "eager" and reason is None:
+            self._fast = fast.MLPStep(
+                self.network,
+                self.optimizer,
+                classify=self.spec.task == "classification",
+                clip_grad_norm=self.spec.optimizer.clip_grad_norm,
+            )
+        #: the step this learner takes: ``"fast"`` or ``"eager"``
+        self.path: Literal["fast", "eager"] = "eager" if self._fast is None else "fast"
         self.metrics = PrequentialMetrics(task=self.spec.task)
         self.step = 0
         self._norms = online_norm_layers(self.network)
@@ -173,6 +201,10 @@ class OnlineLearner:
         self._input_shape = tuple(self.spec.input_shape)
         self._input_size = self.spec.input_size
         self._training: bool | None = None
+        # label tensors made once: the steps only read them, and making one costs microseconds
+        self._labels = (
+            [torch.tensor(i) for i in range(min(self.spec.output_size, 256))] if self._classify else []
+        )
 
     # ----------------------------------------------------------------- validation
     def check_x(self, x: Any) -> Tensor:
@@ -182,8 +214,11 @@ class OnlineLearner:
             if x.dtype == torch.bool or x.is_complex():
                 raise InvalidSampleError(f"x must be real numbers (got a {x.dtype} tensor)")
             t = x.detach().to(device="cpu", dtype=torch.float32)
+            finite = bool(torch.isfinite(t).all())
         else:
-            t = torch.from_numpy(_numeric(x, f"x must be numbers nested to {list(self._input_shape)}"))
+            arr = _numeric(x, f"x must be numbers nested to {list(self._input_shape)}")
+            finite = bool(np.isfinite(arr).all())  # NumPy's check costs a tenth of torch's
+            t = torch.from_numpy(arr)
         if tuple(t.shape) != self._input_shape:
             if t.dim() != 1 or t.numel() != self._input_size:
                 raise InvalidSampleError(
@@ -191,7 +226,7 @@ class OnlineLearner:
                     f" (or a flat list of {self._input_size} numbers)"
                 )
             t = t.reshape(self._input_shape)
-        if not bool(torch.isfinite(t).all()):
+        if not finite:
             raise InvalidSampleError("x contains NaN or infinite values (or numbers too large for float32)")
         return t
 
@@ -221,6 +256,8 @@ class OnlineLearner:
         label = int(y)
         if not 0 <= label < k:
             raise InvalidSampleError(f"y = {label} is out of range: classes are 0 .. {k - 1}")
+        if label < len(self._labels):
+            return self._labels[label]
         return torch.tensor(label, dtype=torch.long)
 
     # ----------------------------------------------------------------- prediction
@@ -232,6 +269,8 @@ class OnlineLearner:
 
     @torch.no_grad()
     def _forward_eval(self, xb: Tensor) -> Tensor:
+        if self._fast is not None:
+            return torch.from_numpy(self._fast.predict(xb.reshape(xb.shape[0], -1).numpy()))
         self._set_training(False)
         return self.network(xb.to(self.device))
 
@@ -306,6 +345,8 @@ class OnlineLearner:
         return nn.functional.mse_loss(out, target)
 
     def _step(self, x: Tensor, y: Tensor) -> LearnResult:
+        if self._fast is not None:
+            return self._fast_step(x, y)
         xb, yb = x[None].to(self.device), y[None].to(self.device)
         health = self._save_norm_state()
         try:
@@ -355,6 +396,41 @@ class OnlineLearner:
             score = float((torch.as_tensor(prediction, dtype=torch.float32) - y).abs().mean())
         try:
             self.optimizer.step()
+        except Exception as exc:
+            raise LearnerCorruptedError(
+                f"the optimizer update failed ({type(exc).__name__}: {exc}); the weights may be half-updated"
+            ) from exc
+        self.step += 1
+        self.metrics.update(loss_value, score)
+        return LearnResult(step=self.step, loss=loss_value, prediction=prediction)
+
+    def _fast_step(self, x: Tensor, y: Tensor) -> LearnResult:
+        """The step of :mod:`model.fast`: computed without writing, checked, applied."""
+        assert self._fast is not None
+        target: int | np.ndarray = int(y) if self._classify else y.numpy()
+        try:
+            pending = self._fast.compute(x.reshape(-1).numpy(), target)
+        except Exception as exc:  # nothing was written yet
+            raise StepFailedError(
+                f"the step failed ({type(exc).__name__}: {exc}); it was rolled back"
+            ) from exc
+        loss_value, grad_value = pending.loss, pending.grad_norm
+        if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
+            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+            raise NonFiniteStepError(
+                f"non-finite {what} ({loss_value if what == 'loss' else grad_value}); "
+                "the step was rolled back"
+            )
+        out = pending.output
+        prediction: PredictionValue
+        if self._classify:
+            prediction = int(out.argmax())
+            score = float(prediction == target)
+        else:
+            prediction = float(out[0]) if out.shape[0] == 1 else out.tolist()
+            score = float(np.abs(out - target).mean())
+        try:
+            pending.apply()
         except Exception as exc:
             raise LearnerCorruptedError(
                 f"the optimizer update failed ({type(exc).__name__}: {exc}); the weights may be half-updated"

@@ -120,7 +120,7 @@ def test_non_finite_loss_rolls_back_everything_and_the_learner_goes_on() -> None
 
 
 def test_non_finite_gradient_rolls_back_everything() -> None:
-    learner = OnlineLearner(DIGITS_LIKE)
+    learner = OnlineLearner(DIGITS_LIKE, path="eager")  # autograd hooks: the eager step
     xs, ys = _stream(DIGITS_LIKE, 6, seed=6)
     learner.learn_many(xs[:3], ys[:3])
     before = learner.state_bytes()
@@ -160,7 +160,7 @@ def test_a_step_that_raises_after_the_forward_rolls_back_the_on_state() -> None:
 
 
 def test_a_backward_that_raises_rolls_back_the_control_processes() -> None:
-    learner = OnlineLearner(DIGITS_LIKE)
+    learner = OnlineLearner(DIGITS_LIKE, path="eager")
     xs, ys = _stream(DIGITS_LIKE, 5, seed=10)
     learner.learn_many(xs[:3], ys[:3])
     before = learner.state_bytes()
@@ -179,7 +179,7 @@ def test_a_backward_that_raises_rolls_back_the_control_processes() -> None:
 
 
 def test_a_failing_optimizer_update_marks_the_learner_corrupted() -> None:
-    learner = OnlineLearner(DIGITS_LIKE)
+    learner = OnlineLearner(DIGITS_LIKE, path="eager")  # optimizer hooks: the eager step
     xs, ys = _stream(DIGITS_LIKE, 1, seed=11)
 
     def boom(*_: Any) -> None:
@@ -340,7 +340,7 @@ def test_non_numbers_are_refused_by_name(x: Any, found: str) -> None:
 def test_health_signals_follow_training_steps_only() -> None:
     """Predictions and rolled-back steps leave ls_rms and clamped_fraction alone."""
     for key in ("mlp-cls", "mlp-sgd-ac"):
-        learner = OnlineLearner(SPECS[key])
+        learner = OnlineLearner(SPECS[key], path="eager")
         xs, ys = _stream(SPECS[key], 6, seed=11)
         learner.learn_many(xs[:3], ys[:3])
         field = "clamped_fraction" if key == "mlp-sgd-ac" else "ls_rms"
