@@ -18,8 +18,10 @@ from urllib.parse import urlsplit, urlunsplit
 import torch
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from starlette.types import Receive, Scope, Send
 
 from model.learner import resolve_device
+from service.api.hot import HotRoutes
 from service.api.limits import BodyLimitMiddleware
 from service.api.main import include_routes
 from service.auth import Authenticator
@@ -122,10 +124,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await asyncio.to_thread(embedded.stop)
 
 
+class ServiceApp(FastAPI):
+    """FastAPI, with the learn routes served by :class:`HotRoutes` ahead of its stack."""
+
+    hot: HotRoutes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hot = self.hot.match(scope)
+        if hot is not None:
+            await self.hot.serve(scope, receive, send, *hot)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """An app for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
-    app = FastAPI(
+    app = ServiceApp(
         title="onlinenorm",
         version="0.1.0",
         description=DESCRIPTION,
@@ -135,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.telemetry = telemetry
     app.state.authenticator = Authenticator(settings)
+    app.hot = HotRoutes(app.state)
     install_error_handlers(app)
     include_routes(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)

@@ -61,10 +61,14 @@ async def require_read(request: Request) -> None:
         auth.access(request.headers.get("authorization"))
 
 
-async def require_write(request: Request) -> None:
-    """Dependency: a read-write key (or none configured)."""
-    auth = _authenticator(request)
-    if auth.enabled and auth.access(request.headers.get("authorization")) is not Access.WRITE:
+def check_write(auth: Authenticator, authorization: str | None) -> None:
+    """A read-write key (or none configured), else 401/403."""
+    if auth.enabled and auth.access(authorization) is not Access.WRITE:
         raise ForbiddenError(
             "this API key is read-only: it may predict and read, not learn, create or delete"
         )
+
+
+async def require_write(request: Request) -> None:
+    """Dependency: a read-write key (or none configured)."""
+    check_write(_authenticator(request), request.headers.get("authorization"))

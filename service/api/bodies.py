@@ -1,7 +1,13 @@
 """Fast request-body handling for the hot routes: orjson parsing (which refuses the
 ``NaN``/``Infinity`` tokens that Python's json accepts), structural checks with
 messages that name the problem, and sample validation by the model's own learner,
-without building a pydantic object per number."""
+without building a pydantic object per number.
+
+Samples are validated once, all of a request's together, with a few numpy calls
+(:func:`_vectorized`); only a request that fails that check (or might hold booleans,
+which numpy would read as numbers) takes the per-sample path, which names the sample
+and the problem. Both give the same float32 values as the learner's own ``check_x``,
+which replay uses on the logged JSON."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 from fastapi import Request
 from torch import Tensor
@@ -23,7 +30,10 @@ _INLINE_NUMBERS = 16384
 
 
 async def read_json(request: Request) -> Any:
-    body = await request.body()
+    return parse_json(await request.body())
+
+
+def parse_json(body: bytes) -> Any:
     if not body:
         raise InvalidInputError("empty body: expected a JSON object")
     try:
@@ -119,6 +129,84 @@ def _check(
     return xs, ys
 
 
+#: Integers up to this size convert to float32 the same through float64 as directly.
+_EXACT_INTEGERS = 2.0**53
+
+
+def _numbers(values: list[Any], rows: int, shape: tuple[int, ...], size: int) -> np.ndarray | None:
+    """``values`` (one per sample) as a float32 ``(rows, *shape)`` array, or None unless
+    every one is plain finite numbers of the right shape (flat, or nested to ``shape``)."""
+    try:
+        arr = np.asarray(values)
+    except ValueError:  # ragged
+        return None
+    kind = arr.dtype.kind
+    if kind not in "if" or arr.size != rows * size or arr.shape[:1] != (rows,):
+        return None
+    if arr.shape[1:] != shape and arr.shape[1:] != (size,):
+        return None
+    # Below 2**53 a value is finite, fits float32, and if it came as an integer it converts
+    # exactly as check_x converts it alone. Integers (int64) always fit float32.
+    if kind == "f" and not float(np.abs(arr).max(initial=0.0)) < _EXACT_INTEGERS:
+        return None
+    return arr.astype(np.float32).reshape(rows, *shape)
+
+
+def _labels(targets: list[Any], classes: int) -> list[int] | None:
+    """Class indices as ints (an integral float counts, as in check_y), or None."""
+    out = []
+    for t in targets:
+        kind = type(t)
+        if kind is float and t.is_integer():
+            t = int(t)
+        elif kind is not int:
+            return None
+        if not 0 <= t < classes:
+            return None
+        out.append(t)
+    return out
+
+
+def _vectorized(
+    learner: OnlineLearner, samples: list[list[Any]], with_y: bool
+) -> tuple[list[Any], list[Any]] | None:
+    """Every sample checked at once; None if any is not plainly valid. Inputs come back
+    as float32 arrays (the learner's ``check_x`` takes them as they are), class labels as
+    ints, regression targets as float32 arrays."""
+    spec = learner.spec
+    rows = len(samples)
+    x = _numbers([s[0] for s in samples], rows, tuple(spec.input_shape), spec.input_size)
+    if x is None:
+        return None
+    if not with_y:
+        return list(x), []
+    targets = [s[1] for s in samples]
+    size = spec.output_size
+    if spec.task == "classification":
+        labels = _labels(targets, size)
+        return None if labels is None else (list(x), labels)
+    shape = (size,) if type(targets[0]) is list else ()
+    if size != 1 and shape == ():
+        return None
+    y = _numbers(targets, rows, shape, size)
+    return None if y is None else (list(x), list(y.reshape(rows, size)))
+
+
+def may_hold_booleans(raw: bytes) -> bool:
+    """Whether a JSON body may hold ``true``/``false`` (numpy would read them as 1 and 0)."""
+    return b"true" in raw or b"false" in raw
+
+
+def _validate(
+    learner: OnlineLearner, samples: list[list[Any]], with_y: bool, batch: bool, plain: bool
+) -> tuple[list[Tensor], list[Any]]:
+    if plain:
+        checked = _vectorized(learner, samples, with_y)
+        if checked is not None:
+            return checked
+    return _check(learner, samples, with_y, batch)
+
+
 async def _maybe_in_thread(numbers: int, fn: Callable[..., T], *args: Any) -> T:
     if numbers <= _INLINE_NUMBERS:
         return fn(*args)
@@ -126,12 +214,20 @@ async def _maybe_in_thread(numbers: int, fn: Callable[..., T], *args: Any) -> T:
 
 
 async def check_samples(
-    learner: OnlineLearner, samples: list[list[Any]], *, with_y: bool, batch: bool
-) -> tuple[list[Tensor], list[Tensor]]:
+    learner: OnlineLearner,
+    samples: list[list[Any]],
+    *,
+    with_y: bool,
+    batch: bool,
+    raw: bytes | None = None,
+) -> tuple[list[Tensor], list[Any]]:
     """Validate every sample against the model's spec (``check_x`` / ``check_y`` are pure)
-    before anything is queued; the message names the sample and the problem."""
+    before anything is queued; the message names the sample and the problem. ``raw``, the
+    request body the samples were parsed from, lets a body without booleans be checked
+    all at once."""
+    plain = raw is not None and not may_hold_booleans(raw)
     return await _maybe_in_thread(
-        len(samples) * learner.spec.input_size, _check, learner, samples, with_y, batch
+        len(samples) * learner.spec.input_size, _validate, learner, samples, with_y, batch, plain
     )
 
 

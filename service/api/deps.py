@@ -34,7 +34,7 @@ async def get_health(request: Request) -> RedisHealth:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 HealthDep = Annotated[RedisHealth, Depends(get_health)]
-_NAME_RE = re.compile(NAME_PATTERN)
+NAME_RE = re.compile(NAME_PATTERN)
 ModelName = Annotated[str, Path(description=f"model name, matching {NAME_PATTERN}", examples=["digits"])]
 
 
@@ -48,7 +48,7 @@ ReplicaDep = Annotated[Replica, Depends(get_replica)]
 async def get_any_model(name: ModelName, registry: RegistryDep) -> ModelHandle:
     """The named model, even one that could not be recovered (to read or delete it);
     422 for an impossible name, 404 for an unknown one."""
-    if not _NAME_RE.match(name):
+    if not NAME_RE.match(name):
         raise InvalidInputError(f"invalid model name {name!r}: must match {NAME_PATTERN}")
     return await registry.get(name)
 

@@ -8,6 +8,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import json_response
 
 
+def too_large(limit: int, size: int | None = None) -> str:
+    """The 413 message, with the declared size if there was one."""
+    got = f" ({size} bytes)" if size is not None else ""
+    return f"request body too large{got}: the limit is {limit} bytes"
+
+
 class BodyLimitMiddleware:
     """A declared Content-Length over the limit is refused at once; a chunked body is
     counted as it streams in and refused when it crosses the limit."""
@@ -17,8 +23,7 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     def _message(self, size: int | None = None) -> str:
-        got = f" ({size} bytes)" if size is not None else ""
-        return f"request body too large{got}: the limit is {self.max_bytes} bytes"
+        return too_large(self.max_bytes, size)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -84,11 +84,11 @@ def _outcome(answer: Answer, batch: bool) -> Outcome:
 
 
 async def _submit(
-    handle: ModelHandle, kind: str, samples: list[list[Any]], batch: bool, key: str | None
+    handle: ModelHandle, kind: str, samples: list[list[Any]], batch: bool, key: str | None, raw: bytes
 ) -> Answer:
     """Validate here, then have the owner apply it (this replica, or another through the log)."""
     key = bodies.idempotency_key(key)
-    xs, ys = await bodies.check_samples(handle.model.learner, samples, with_y=True, batch=batch)
+    xs, ys = await bodies.check_samples(handle.model.learner, samples, with_y=True, batch=batch, raw=raw)
     job = LearnJob(kind, xs, ys, orjson.dumps(samples), key, log.new_req())
     answer = await handle.submit(job)
     if answer.error is not None:
@@ -96,6 +96,27 @@ async def _submit(
     return answer
 
 
+async def learn_body(
+    handle: ModelHandle, raw: bytes, key: str | None, batch: bool, max_samples: int
+) -> tuple[dict[str, Any], dict[str, str] | None]:
+    """A learn request's body (``raw``) logged, applied and answered: the answer's JSON
+    and headers. Both the routes below and the hot path (:mod:`service.api.hot`) call it."""
+    started = time.perf_counter()
+    body = bodies.parse_json(raw)
+    if batch:
+        samples = bodies.batch_fields(body, _FIELDS, max_samples)
+    else:
+        samples = [bodies.sample_fields(body, _FIELDS)]
+    answer = await _submit(handle, "batch" if batch else "one", samples, batch, key, raw)
+    outcome = _outcome(answer, batch=batch)
+    handle.model.learn_latency.record(time.perf_counter() - started)
+    if batch:
+        return {"step": outcome.step, "results": [_result(r) for r in outcome.results]}, _headers(answer)
+    return _result(outcome.results[0]), _headers(answer)
+
+
+# Requests to these two routes are served by service.api.hot, in front of FastAPI; the
+# routes stay for the OpenAPI schema (and serve any request that does not take it).
 @router.post(
     "/learn",
     response_model=LearnResponse,
@@ -103,15 +124,12 @@ async def _submit(
     openapi_extra=json_body(LearnRequest, LEARN_EXAMPLES),
 )
 async def learn_sample(
-    handle: ModelDep, request: Request, idempotency_key: IdempotencyKey = None
+    handle: ModelDep, request: Request, settings: SettingsDep, idempotency_key: IdempotencyKey = None
 ) -> Response:
     """Learn one sample: answers the loss and the prediction made before the update."""
-    started = time.perf_counter()
-    sample = bodies.sample_fields(await bodies.read_json(request), _FIELDS)
-    answer = await _submit(handle, "one", [sample], False, idempotency_key)
-    outcome = _outcome(answer, batch=False)
-    handle.model.learn_latency.record(time.perf_counter() - started)
-    return json_response(200, _result(outcome.results[0]), _headers(answer))
+    raw = await request.body()
+    body, headers = await learn_body(handle, raw, idempotency_key, False, settings.MAX_BATCH_SAMPLES)
+    return json_response(200, body, headers)
 
 
 @router.post(
@@ -124,12 +142,6 @@ async def learn_batch(
     handle: ModelDep, request: Request, settings: SettingsDep, idempotency_key: IdempotencyKey = None
 ) -> Response:
     """Learn many samples, one optimizer step each, in order, as one uninterrupted run."""
-    started = time.perf_counter()
-    body = await bodies.read_json(request)
-    samples = bodies.batch_fields(body, _FIELDS, settings.MAX_BATCH_SAMPLES)
-    answer = await _submit(handle, "batch", samples, True, idempotency_key)
-    outcome = _outcome(answer, batch=True)
-    handle.model.learn_latency.record(time.perf_counter() - started)
-    return json_response(
-        200, {"step": outcome.step, "results": [_result(r) for r in outcome.results]}, _headers(answer)
-    )
+    raw = await request.body()
+    body, headers = await learn_body(handle, raw, idempotency_key, True, settings.MAX_BATCH_SAMPLES)
+    return json_response(200, body, headers)
