@@ -84,11 +84,11 @@ class WatchMetrics:
         self._layers: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
-    def count_learned(self, model: str, applied: int, nonfinite: bool) -> None:
+    def count_learned(self, model: str, applied: int, nonfinite: int) -> None:
         if applied:
             self.samples.labels(model).inc(applied)
         if nonfinite:
-            self.nonfinite.labels(model).inc()
+            self.nonfinite.labels(model).inc(nonfinite)
 
     def count_unavailable(self, model: str, requests: int = 1) -> None:
         self.unavailable.labels(model).inc(requests)

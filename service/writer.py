@@ -5,7 +5,9 @@ Learn requests received by this replica join the model's queue in arrival order.
 asyncio task drains everything queued (a group) and appends it to the write-ahead log
 in one fenced script call (group commit), which also returns, in the same round trip,
 any entries other replicas appended since the last one applied here. It applies all of
-them in log order in a worker thread, one optimizer step per sample, then records what
+them in log order, one optimizer step per sample (right on the event loop when the
+group's steps take a few milliseconds at most, since a worker thread's hop costs more
+than that; in a worker thread when they take longer), then records what
 must be durable before anything later is acknowledged (rollbacks, the outcomes other
 replicas wait for, a snapshot a sync asked for) in one more fenced call, and only then
 answers. A bell (a list that non-owners push to) wakes it when other replicas append
@@ -43,7 +45,7 @@ from service.applier import Applied, apply_entry
 from service.config import Settings
 from service.errors import InvalidInputError, ServiceError, UnavailableError
 from service.idempotency import IdempotencyRecords
-from service.live import LiveModel, Outcome
+from service.live import LiveModel
 from service.store import keys, log, results, snapshots, stats
 from service.store.connection import UNREACHABLE, RedisHealth
 from service.store.fencing import Fence, FencedError, FencedWrite
@@ -54,6 +56,10 @@ logger = logging.getLogger(__name__)
 _RETRY_FIRST = 0.5
 _RETRY_MAX = 30.0
 _BELL_BLOCK_SECONDS = 1.0
+#: Apply a group on the event loop when its steps should take at most this long.
+_INLINE_SECONDS = 0.02
+#: What one sample is assumed to take until the model's own steps have been timed.
+_FIRST_SAMPLE_SECONDS = 0.002
 
 
 @dataclass(eq=False)
@@ -186,6 +192,7 @@ class ModelWriter:
             settings.SNAPSHOT_EVERY_STEPS, settings.SNAPSHOT_EVERY_SECONDS, snapshot_step
         )
         self._stats = _Schedule(settings.STATS_EVERY_STEPS, settings.STATS_EVERY_SECONDS, snapshot_step)
+        self._sample_seconds = _FIRST_SAMPLE_SECONDS  # a moving average of this model's steps
 
     @property
     def last_id(self) -> str:
@@ -351,7 +358,15 @@ class ModelWriter:
         own = dict(zip(ids, to_log, strict=True))
         entries = pending.entries + [self._own_entry(entry_id, job) for entry_id, job in own.items()]
         applied_at = time.perf_counter()
-        applied, corrupted = await asyncio.to_thread(self._apply_all, entries, pending.rollbacks, own)
+        samples = sum(j.size for j in to_log)
+        # A group this replica received whose steps are quick is applied right here: a
+        # worker thread's hop (and its fight for the GIL) costs more than such steps. A
+        # longer one, or entries to parse from the log, runs off the loop.
+        inline = not pending.entries and samples * self._sample_seconds <= _INLINE_SECONDS
+        if inline:
+            applied, corrupted = self._apply_all(entries, pending.rollbacks, own)
+        else:
+            applied, corrupted = await asyncio.to_thread(self._apply_all, entries, pending.rollbacks, own)
         self.telemetry.apply_seconds.observe(time.perf_counter() - applied_at)
         self._last_id = log.later(self._last_id, pending.last_id)
         if corrupted:
@@ -407,15 +422,22 @@ class ModelWriter:
     def _apply_all(
         self, entries: list[log.LogEntry], rollbacks: dict[str, log.Rollback], own: dict[str, LearnJob]
     ) -> tuple[list[Applied], bool]:
-        """Worker thread: apply each entry in log order (one lock hold per request, so
+        """Blocking (torch work): apply each entry in log order (one lock hold per request, so
         predictions can interleave between requests but never inside a step). Stops at
         an entry whose optimizer update failed: ``(applied, True)``."""
         out: list[Applied] = []
         evicted = self.records.evicted_early
+        started = time.perf_counter()
         try:
             return self._apply_each(entries, rollbacks, own, out)
         finally:
-            self.telemetry.idempotency_evicted.inc(self.records.evicted_early - evicted)
+            if self.records.evicted_early != evicted:
+                self.telemetry.idempotency_evicted.inc(self.records.evicted_early - evicted)
+            self._count(out)
+            samples = sum(j.size for j in own.values())
+            if samples and len(own) == len(entries):  # this model's own speed, no parsing
+                per_sample = (time.perf_counter() - started) / samples
+                self._sample_seconds += 0.25 * (per_sample - self._sample_seconds)
 
     def _apply_each(
         self,
@@ -441,10 +463,8 @@ class ModelWriter:
                 out.append(Applied(entry, Answer(), log.Rollback(exc.index, f"the step failed ({exc})")))
                 return out, True
             outcome = a.answer.outcome
-            if outcome is not None and not a.answer.replayed:
-                self._count(outcome)
-                if outcome.results:
-                    self._state_changed = True
+            if outcome is not None and outcome.results and not a.answer.replayed:
+                self._state_changed = True
             out.append(a)
         return out, False
 
@@ -646,11 +666,20 @@ class ModelWriter:
             self._wake.set()
 
     # ------------------------------------------------------------------ answers
-    def _count(self, outcome: Outcome) -> None:
-        self.telemetry.samples_learned.inc(outcome.applied)
-        if outcome.error is not None:
-            self.telemetry.nonfinite_steps.inc()
-        self.telemetry.watch.count_learned(self.model.name, outcome.applied, outcome.error is not None)
+    def _count(self, applied: list[Applied]) -> None:
+        """Count a group's steps and rolled-back steps: once per group, not per request."""
+        learned = nonfinite = 0
+        for a in applied:
+            outcome = a.answer.outcome
+            if outcome is not None and not a.answer.replayed:
+                learned += outcome.applied
+                nonfinite += outcome.error is not None
+        if learned:
+            self.telemetry.samples_learned.inc(learned)
+        if nonfinite:
+            self.telemetry.nonfinite_steps.inc(nonfinite)
+        if learned or nonfinite:
+            self.telemetry.watch.count_learned(self.model.name, learned, nonfinite)
 
     def _refuse_unavailable(self, jobs: list[LearnJob]) -> None:
         self.telemetry.learn_unavailable.inc(len(jobs))

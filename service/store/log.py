@@ -17,6 +17,8 @@ Entries:
 
 from __future__ import annotations
 
+import itertools
+import os
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -66,9 +68,22 @@ class Rollback:
     error: str
 
 
+_nonces = itertools.count()
+_nonce_prefix = uuid.uuid4().hex[:16]
+
+
+def _new_prefix() -> None:  # a forked child must not repeat its parent's nonces
+    global _nonce_prefix
+    _nonce_prefix = uuid.uuid4().hex[:16]
+
+
+os.register_at_fork(after_in_child=_new_prefix)
+
+
 def new_req() -> str:
-    """A fresh nonce for an entry: its outcome is published under it."""
-    return uuid.uuid4().hex
+    """A fresh nonce for an entry: its outcome is published under it. A random prefix
+    per process and a counter: unique, and cheaper than a uuid4 per request."""
+    return f"{_nonce_prefix}{next(_nonces):x}"
 
 
 def learn_fields(
