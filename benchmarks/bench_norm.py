@@ -51,11 +51,15 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere, without installi
 
 from model import OnlineNorm1d, OnlineNorm2d  # noqa: E402
 
-# Targets: (description, N, ratio key, comparison, bound), checked for every ON variant
-TARGETS: tuple[tuple[str, int, str, str, float], ...] = (
-    ("ON <= 3x BatchNorm at N=256", 256, "on/bn", "<=", 3.0),
-    ("ON >= 20x faster than per-sample loop at N=256", 256, "loop/on", ">=", 20.0),
-    ("ON <= 2x LayerNorm at N=1", 1, "on/ln", "<=", 2.0),
+# Targets (issue 9, item 6): (description, N, input kind or None for all, ratio key, comparison,
+# bound, ON variants checked). They hold the like-for-like layer, ``ON`` (normalizer + affine,
+# as LayerNorm and BatchNorm are); ``ON-ls`` adds layer scaling, a second autograd node, and
+# is reported beside them. The per-sample-loop target only holds in 1d: in 2d the batched
+# layer is bound by memory passes, so the faster the batch of one, the lower that ratio.
+TARGETS: tuple[tuple[str, int, str | None, str, str, float, tuple[str, ...]], ...] = (
+    ("ON <= 1.5x LayerNorm at N=1", 1, None, "on/ln", "<=", 1.5, ("ON",)),
+    ("ON <= 3x BatchNorm in 1d at N=256", 256, "1d", "on/bn", "<=", 3.0, ("ON",)),
+    ("ON >= 20x faster than per-sample loop, 1d N=256", 256, "1d", "loop/on", ">=", 20.0, ("ON",)),
 )
 ON_VARIANTS = {"ON": None, "ON-ls": "ls"}  # table name -> ecm
 
@@ -304,14 +308,17 @@ def render(records: list[dict]) -> str:
 
 
 def check_targets(records: list[dict]) -> list[dict]:
-    """Every target, for each ON variant, over all configs at the target's N (worst case)."""
+    """Every target, for each ON variant, over all configs at the target's N (worst case).
+
+    Variants a target does not hold are reported too, marked ``info``.
+    """
     checks = []
-    for desc, n, key, op, bound in TARGETS:
+    for desc, n, kind, key, op, bound, held in TARGETS:
         for on in ON_VARIANTS:
             vals = [
                 (rec["ratios"][on][key], f"{rec['input']} C={rec['c']}")
                 for rec in records
-                if rec["n"] == n and rec["ratios"][on][key] is not None
+                if rec["n"] == n and kind in (None, rec["input"]) and rec["ratios"][on][key] is not None
             ]
             if not vals:
                 continue
@@ -321,6 +328,7 @@ def check_targets(records: list[dict]) -> list[dict]:
                 {
                     "target": desc,
                     "on_variant": on,
+                    "held": on in held,
                     "bound": f"{key} {op} {bound}",
                     "passed": all(ok),
                     "configs": len(vals),
@@ -468,11 +476,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("ON = OnlineNorm(ecm=None), normalizer + affine; ON-ls = default layer (layer scaling).\n")
     for ch in checks:
-        verdict = "PASS" if ch["passed"] else "FAIL"
+        verdict = ("PASS" if ch["passed"] else "FAIL") if ch["held"] else "info"
         print(
             f"{verdict}  {ch['target']:<48} [{ch['on_variant']:<5}] {ch['configs_passed']}/{ch['configs']} "
             f"configs; worst {ch['bound'].split()[0]} = {ch['worst']:.2f} ({ch['worst_config']})"
         )
+    held = [ch for ch in checks if ch["held"]]
+    print(f"targets met: {sum(ch['passed'] for ch in held)}/{len(held)}")
     print(f"\nbenchmark time {total:.0f} s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -486,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.json.write_text(json.dumps(payload, indent=1))
     print(f"wrote {args.json}")
-    return 1 if args.strict and not all(ch["passed"] for ch in checks) else 0
+    return 1 if args.strict and not all(ch["passed"] for ch in checks if ch["held"]) else 0
 
 
 if __name__ == "__main__":

@@ -176,28 +176,26 @@ class OnlineNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
-        seen = self.num_samples_tracked
-        if self.training:  # the autograd Function directly: this path is latency-bound
-            h = F.OnlineNormFunction.apply(
-                x,
-                self.weight,
-                self.bias,
-                self.mu,
-                self.var,
-                self.u,
-                self.v,
-                seen if self.warmup else None,
+        buffers, params = self._buffers, self._parameters  # dict reads: this path is latency-bound
+        if self.training:
+            state = F.OnlineNormState(
+                buffers["mu"],
+                buffers["var"],
+                buffers["u"],
+                buffers["v"],
+                buffers["num_samples_tracked"],
+                self.warmup,
                 self.alpha_fwd,
                 self.alpha_bkw,
                 self.eps,
             )
-            if not self.warmup:  # the Function counts the samples itself with warm-up
-                seen.add_(x.shape[0])
+            h = F.apply_online_norm(x, params["weight"], params["bias"], state)
         else:
             h = F.online_norm(
                 x, self.mu, self.var, self.u, self.v, self.weight, self.bias, training=False, eps=self.eps
             )
-        return self.compensation(h)
+        compensation = self.compensation
+        return h if isinstance(compensation, nn.Identity) else compensation(h)
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         """Keep the state in float32 when the module is cast to half precision.

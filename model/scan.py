@@ -9,9 +9,10 @@ concatenation. None divides by a product of coefficients (``alpha**-n`` overflow
 small alpha and long batches; per-sample coefficients can be 0 or negative), so each
 only multiplies coefficients that the sequential loop multiplies too:
 
-* constant coefficient: lower-triangular Toeplitz products, blocked beyond
-  :data:`_DIRECT` samples. The kernel ``alpha**(i - j)`` (``i >= j``) only holds
-  non-negative powers, which can underflow to 0 but never overflow.
+* constant coefficient: lower-triangular Toeplitz products with kernels precomputed
+  once per length (:class:`_ConstantPlan`), blocked beyond :data:`_DIRECT` samples.
+  The kernel ``alpha**(i - j)`` (``i >= j``) only holds non-negative powers, which can
+  underflow to 0 but never overflow.
 * per-sample coefficient: the loop itself up to :data:`_SEQUENTIAL` samples (one
   operation a sample), else Hillis-Steele doubling, ``ceil(log2 N)`` vectorized steps,
   preceded on long, wide inputs by odd-even reduction, which keeps the work ``O(N C)``.
@@ -40,31 +41,22 @@ _DOUBLING_ELEMENTS = 1 << 15
 _SEQUENTIAL = 8
 
 
-@functools.lru_cache(maxsize=256)
-def _decay_kernel(alpha: float, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``(n + 1, n)`` kernel ``K[i, j] = alpha**(i - 1 - j)`` for ``j < i``, else 0.
+def _kernel(alpha: float, gain: float, rows: int, cols: int) -> Tensor:
+    """``(rows, cols)`` float64 kernel ``K[i, j] = gain * alpha**(i - 1 - j)`` for ``j < i``, else 0.
 
-    Row ``i`` of ``K @ b`` is the state before position ``i`` of a scan from 0; row ``n``
-    is the state after the last position. Built in float64: only non-negative powers.
+    Row ``i`` of ``K @ b`` is the state before position ``i`` of a scan from 0 (row
+    ``cols`` the state after the last). Only non-negative powers: they may underflow to
+    0, never overflow.
     """
-    idx = torch.arange(n + 1, dtype=torch.float64)
-    lag = idx[:, None] - 1 - idx[None, :n]
-    kernel = torch.tensor(alpha, dtype=torch.float64).pow(lag.clamp(min=0))  # 0**0 is 1
-    return torch.where(lag >= 0, kernel, 0.0).to(dtype=dtype, device=device)
+    i = torch.arange(rows, dtype=torch.float64)[:, None]
+    lag = i - 1 - torch.arange(cols, dtype=torch.float64)[None, :]
+    powers = torch.tensor(alpha, dtype=torch.float64).pow(lag.clamp(min=0))  # 0**0 is 1
+    return torch.where(lag >= 0, powers * gain, 0.0)
 
 
-@functools.lru_cache(maxsize=256)
-def _decay_powers(alpha: float, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Column ``(n, 1)`` of ``alpha**i``: how the state entering a run reaches position ``i``."""
-    powers = torch.tensor(alpha, dtype=torch.float64).pow(torch.arange(n, dtype=torch.float64))
-    return powers[:, None].to(dtype=dtype, device=device)
-
-
-@functools.lru_cache(maxsize=256)
-def _batched_kernel(alpha: float, n: int, k: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """The first ``n`` rows of :func:`_decay_kernel` (states before each position),
-    expanded (a view) over ``k`` blocks for one ``bmm``."""
-    return _decay_kernel(alpha, n, dtype, device)[:n].expand(k, n, n)
+def _powers(alpha: float, n: int) -> Tensor:
+    """Column ``(n, 1)`` of ``alpha**i`` in float64: how an entering state reaches position ``i``."""
+    return torch.tensor(alpha, dtype=torch.float64).pow(torch.arange(n, dtype=torch.float64))[:, None]
 
 
 def _block_length(n: int) -> int:
@@ -72,27 +64,57 @@ def _block_length(n: int) -> int:
     return min(BLOCK, max(8, 1 << math.ceil(math.log2(n) / 2)))
 
 
-def _scan_constant(alpha: float, inp: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
-    """``(before, last)`` of a constant-coefficient scan (see :func:`linear_scan`)."""
-    n, c = inp.shape
-    dt, dev = inp.dtype, inp.device
-    if n <= _DIRECT:
-        states = torch.addmm(_decay_powers(alpha, n + 1, dt, dev) * h0, _decay_kernel(alpha, n, dt, dev), inp)
-        return states[:-1], states[-1]
-    block = _block_length(n)
-    k = -(-n // block)
-    if k * block == n:
-        blocks = inp.reshape(k, block, c)
-    else:  # zero-padded: the state after sample n-1 is the one before padded position n
-        blocks = inp.new_zeros(k, block, c)
-        blocks.view(k * block, c)[:n].copy_(inp)
-    # per block, from a zero state: the state before each position, and after the block
-    local = torch.bmm(_batched_kernel(alpha, block, k, dt, dev), blocks)
-    ends = torch.add(blocks[:, -1], local[:, -1], alpha=alpha)
-    # the state entering each block: a scan over blocks with coefficient alpha**block
-    entering, after = _scan_constant(alpha**block, ends, h0)
-    states = local.addcmul_(_decay_powers(alpha, block, dt, dev), entering[:, None]).view(k * block, c)
-    return (states, after) if k * block == n else (states[:n], states[n])
+class _ConstantPlan:
+    """Precomputed kernels of a constant-coefficient scan of one length, dtype and device.
+
+    Built once per ``(alpha, gain, n)`` (see :func:`_constant_plan`), so a call is only
+    its few products: at ON's sizes the cost is the number of tensor operations.
+
+    * ``n <= _DIRECT``: ``states = P h0 + K inp``, one ``(n + 1, n)`` product.
+    * else blocks of ``B`` samples: per block from a zero state (``(B + 1, B)`` kernel,
+      one ``bmm`` whose last row is the state after the block), the states entering
+      the blocks by a scan over the ``k`` block ends with coefficient ``alpha**B``
+      (a nested plan), then one ``addcmul`` adds each entering state's decay.
+    """
+
+    def __init__(self, alpha: float, gain: float, n: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.n = n
+        self.direct = n <= _DIRECT
+        if self.direct:
+            self.kernel = _kernel(alpha, gain, n + 1, n).to(dtype=dtype, device=device)
+            self.entry = _powers(alpha, n + 1).to(dtype=dtype, device=device)
+            return
+        block = _block_length(n)
+        self.block, self.blocks = block, -(-n // block)
+        kernel = _kernel(alpha, gain, block + 1, block).to(dtype=dtype, device=device)
+        self.kernel = kernel.expand(self.blocks, block + 1, block)  # a view: one bmm
+        self.entry = _powers(alpha, block).to(dtype=dtype, device=device)
+        self.outer = _constant_plan(alpha**block, 1.0, self.blocks, dtype, device)
+
+    def __call__(self, inp: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+        """``(before, last)`` of the scan of ``inp`` ``(n, C)`` from ``h0`` ``(C,)``."""
+        if self.direct:
+            states = torch.addmm(self.entry * h0, self.kernel, inp)
+            return states[:-1], states[-1]
+        n, c = inp.shape
+        k, block = self.blocks, self.block
+        if k * block == n:
+            blocks = inp.view(k, block, c) if inp.is_contiguous() else inp.reshape(k, block, c)
+        else:  # zero-padded: the state after sample n-1 is the one before padded position n
+            blocks = inp.new_zeros(k, block, c)
+            blocks.view(k * block, c)[:n] = inp
+        local = torch.bmm(self.kernel, blocks)  # (k, B + 1, C): before each position, after the block
+        entering, after = self.outer(local[:, block], h0)
+        states = torch.addcmul(local[:, :block], self.entry, entering[:, None]).view(k * block, c)
+        return (states, after) if k * block == n else (states[:n], states[n])
+
+
+@functools.lru_cache(maxsize=256)
+def _constant_plan(
+    alpha: float, gain: float, n: int, dtype: torch.dtype, device: torch.device
+) -> _ConstantPlan:
+    """The plan of one scan shape, built on first use (kernels are float64-exact, then rounded)."""
+    return _ConstantPlan(alpha, gain, n, dtype, device)
 
 
 def _sequential(coef: Tensor, inp: Tensor, h0: Tensor) -> Tensor:
@@ -187,13 +209,15 @@ def _scan_variable(coef: Tensor, inp: Tensor, h0: Tensor) -> tuple[Tensor, Tenso
     return states[:-1], states[-1]
 
 
-def linear_scan(coef: float | Tensor, inp: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
-    """Run ``h_n = coef_n * h_{n-1} + inp_n`` over ``n = 0 .. N-1`` from ``h_{-1} = h0``.
+def linear_scan(coef: float | Tensor, inp: Tensor, h0: Tensor, gain: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Run ``h_n = coef_n * h_{n-1} + gain * inp_n`` over ``n = 0 .. N-1`` from ``h_{-1} = h0``.
 
     Args:
         coef: a float (constant coefficient) or a tensor broadcastable to ``inp``.
         inp: ``(N, C)`` inputs, in stream order.
         h0: ``(C,)`` state before the first sample.
+        gain: a constant factor of the inputs; folded into the kernels of a constant
+            coefficient, so it costs no pass over ``inp`` there.
 
     Returns:
         ``(before, last)``: ``before[n] = h_{n-1}``, the state sample ``n`` sees, of
@@ -202,20 +226,25 @@ def linear_scan(coef: float | Tensor, inp: Tensor, h0: Tensor) -> tuple[Tensor, 
         view of ``h0``.
     """
     if inp.shape[0] == 1:
+        first = inp[0] if gain == 1.0 else inp[0] * gain
         if isinstance(coef, float):
-            return h0[None], torch.add(inp[0], h0, alpha=coef)
-        return h0[None], torch.addcmul(inp[0], coef.reshape(-1), h0)
+            return h0[None], torch.add(first, h0, alpha=coef)
+        return h0[None], torch.addcmul(first, coef.reshape(-1), h0)
     if isinstance(coef, float):
-        return _scan_constant(coef, inp, h0)
+        return _constant_plan(coef, float(gain), inp.shape[0], inp.dtype, inp.device)(inp, h0)
+    if gain != 1.0:
+        inp = inp * gain
     return _scan_variable(coef, inp, h0)
 
 
-def linear_scan_reference(coef: float | Tensor, inp: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+def linear_scan_reference(
+    coef: float | Tensor, inp: Tensor, h0: Tensor, gain: float = 1.0
+) -> tuple[Tensor, Tensor]:
     """The same recurrence as a plain loop: the definition the fast paths must match."""
     states = []
     h = h0
     for n in range(inp.shape[0]):
         states.append(h)
         c = coef if isinstance(coef, float) else coef.expand_as(inp)[n]
-        h = c * h + inp[n]
+        h = c * h + gain * inp[n]
     return torch.stack(states), h
