@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from starlette.types import Receive, Scope, Send
 
-from model.learner import resolve_device
+from model.learner import OnlineLearner, resolve_device
 from service.api.hot import HotRoutes
 from service.api.limits import BodyLimitMiddleware
 from service.api.main import include_routes
@@ -79,6 +79,20 @@ async def _open_redis(settings: Settings, embedded: EmbeddedRedis | None) -> tup
     return make_cluster_client(settings.REDIS_URL, timeout), f"{where} (cluster)"
 
 
+_WARM_UP_SPEC = {"name": "warm-up", "task": "regression", "input_shape": [1], "network": {"hidden": [1]}}
+
+
+def _warm_up(device: torch.device) -> None:
+    """Build and train a throwaway learner: the first one a process builds pays for
+    imports that torch defers (``torch._dynamo``, seconds, on the first optimizer). Run
+    in a worker thread from the start of start-up, beside the Redis connect and the
+    models' recovery, it keeps that off the first create of a model."""
+    try:
+        OnlineLearner(_WARM_UP_SPEC, device).learn_one([0.0], 0.0)
+    except Exception as exc:  # only an optimization
+        logger.debug("warm-up failed: %s", exc)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -87,6 +101,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings.warn_if_open()
     torch.set_num_threads(settings.TORCH_THREADS)
     device = _device(settings)
+    warm_up = asyncio.create_task(asyncio.to_thread(_warm_up, device), name="warm-up")
     embedded = None if settings.REDIS_URL else EmbeddedRedis(settings.DATA_DIR)
     client, where = await _open_redis(settings, embedded)
     health = RedisHealth(client)
@@ -101,6 +116,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await replica.start()
         started = True
         health.start()
+        # Ready means a create is answered at once too. With models, recovering them has
+        # paid for the deferred imports already; without, this is when they are paid.
+        await warm_up
         app.state.redis = client
         app.state.health = health
         app.state.registry = registry
@@ -116,6 +134,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         yield
     finally:
+        await warm_up  # a worker thread: it cannot be cancelled, and it ends on its own
         if started:
             await replica.stop()
         await health.stop()

@@ -33,9 +33,10 @@ UNREACHABLE = (
     TryAgainError,
 )
 _FIRST_BACKOFF = 0.05
-#: Connections per cluster node: each owned model blocks one on its bell, each waited-on
-#: model one on its results, each event stream one (redis-py's default is 100).
-_CLUSTER_MAX_CONNECTIONS = 10_000
+#: Connections per server (per node of a cluster): each owned model blocks one on its
+#: bell, each waited-on model one on its results, each event stream one. redis-py's
+#: default (100 since redis-py 8) would refuse commands past about a hundred models.
+_MAX_CONNECTIONS = 10_000
 
 
 def _options(timeout: float) -> dict[str, object]:
@@ -46,6 +47,7 @@ def _options(timeout: float) -> dict[str, object]:
         "socket_connect_timeout": timeout,
         "retry": Retry(NoBackoff(), 0),
         "decode_responses": False,
+        "max_connections": _MAX_CONNECTIONS,
     }
 
 
@@ -66,7 +68,7 @@ async def is_cluster(client: Redis) -> bool:
 
 def make_cluster_client(url: str, timeout: float) -> Redis:
     """A Redis Cluster client, discovering the nodes from the one at ``url``."""
-    client = RedisCluster.from_url(url, max_connections=_CLUSTER_MAX_CONNECTIONS, **_options(timeout))
+    client = RedisCluster.from_url(url, **_options(timeout))
     return client  # type: ignore[return-value]  # the same command API as Redis
 
 
