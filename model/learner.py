@@ -174,14 +174,9 @@ class OnlineLearner:
             raise ValueError(reason)
         if path not in ("auto", "fast", "eager"):
             raise ValueError(f"path must be 'auto', 'fast' or 'eager' (got {path!r})")
-        self._fast: fast.MLPStep | None = None
+        self._fast: fast.FastStep | None = None
         if path != "eager" and reason is None:
-            self._fast = fast.MLPStep(
-                self.network,
-                self.optimizer,
-                classify=self.spec.task == "classification",
-                clip_grad_norm=self.spec.optimizer.clip_grad_norm,
-            )
+            self._fast = fast.build(self.spec, self.network, self.optimizer)
         #: the step this learner takes: ``"fast"`` or ``"eager"``
         self.path: Literal["fast", "eager"] = "eager" if self._fast is None else "fast"
         self.metrics = PrequentialMetrics(task=self.spec.task)
@@ -270,7 +265,7 @@ class OnlineLearner:
     @torch.no_grad()
     def _forward_eval(self, xb: Tensor) -> Tensor:
         if self._fast is not None:
-            return torch.from_numpy(self._fast.predict(xb.reshape(xb.shape[0], -1).numpy()))
+            return torch.from_numpy(self._fast.predict(xb.numpy()))
         self._set_training(False)
         return self.network(xb.to(self.device))
 
@@ -409,7 +404,7 @@ class OnlineLearner:
         assert self._fast is not None
         target: int | np.ndarray = int(y) if self._classify else y.numpy()
         try:
-            pending = self._fast.compute(x.reshape(-1).numpy(), target)
+            pending = self._fast.compute(x.numpy(), target)
         except Exception as exc:  # nothing was written yet
             raise StepFailedError(
                 f"the step failed ({type(exc).__name__}: {exc}); it was rolled back"

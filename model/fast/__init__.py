@@ -5,26 +5,45 @@ Which path a learner takes is a function of its spec and device alone
 a model replayed from its log after a crash takes every step on the path the original
 took, so recovery stays bit for bit.
 
-Covered: ``mlp`` on CPU, every option of its spec (input standardizer, ON with layer
-scaling, clamping or none, LayerNorm, no norm, the skip path, SGD and Adam, weight decay,
-clipping, classification and regression). Everything else takes the eager autograd
-step, which also stays the reference the fast path is tested against.
+Covered, on CPU: ``mlp`` with every option of its spec (input standardizer, ON with
+layer scaling, clamping or none, LayerNorm, no norm, the skip path, SGD and Adam, weight
+decay, clipping, classification and regression), and ``rnn`` with ON or no norm.
+Everything else (``cnn``, an rnn with LayerNorm, any GPU) takes the eager autograd step,
+which also stays the reference the fast path is tested against.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from model.fast.mlp import MLPStep, Pending
+from model.fast.rnn import RNNStep
 from model.spec import ModelSpec
 
-__all__ = ["MLPStep", "Pending", "unsupported_reason"]
+FastStep = MLPStep | RNNStep
+
+__all__ = ["FastStep", "MLPStep", "Pending", "RNNStep", "build", "unsupported_reason"]
 
 
 def unsupported_reason(spec: ModelSpec, device: torch.device) -> str | None:
     """Why ``spec`` on ``device`` takes the eager step, or ``None`` if the fast one covers it."""
-    if spec.network_kind != "mlp":
-        return f"the fast step covers mlp networks, not {spec.network_kind}"
+    kind = spec.network_kind
+    if kind not in ("mlp", "rnn"):
+        return f"the fast step covers mlp and rnn networks, not {kind}"
+    if kind == "rnn" and spec.norm.kind == "layer":
+        return "the fast rnn step covers online or no normalization, not layer"
     if device.type != "cpu":
         return f"the fast step runs on cpu, not {device.type}"
     return None
+
+
+def build(spec: ModelSpec, network: nn.Module, optimizer: torch.optim.Optimizer) -> FastStep:
+    """The fast step of a network :func:`unsupported_reason` accepts."""
+    cls = RNNStep if spec.network_kind == "rnn" else MLPStep
+    return cls(
+        network,
+        optimizer,
+        classify=spec.task == "classification",
+        clip_grad_norm=spec.optimizer.clip_grad_norm,
+    )

@@ -67,13 +67,16 @@ class _Norm:
     """An Online Normalization layer: views of its state and parameters, its constants,
     and its error compensation (layer scaling, clamping or none)."""
 
-    def __init__(self, m: OnlineNorm) -> None:
+    def __init__(self, m: OnlineNorm, grads: _Grads | None) -> None:
         self.module = m
         self.mu, self.var, self.u, self.v = (_view(b) for b in (m.mu, m.var, m.u, m.v))
         self.seen = _view(m.num_samples_tracked)  # 0-d int64, shared
         self.dt = self.mu.dtype.type
         self.weight = None if m.weight is None else _view(m.weight)
         self.bias = None if m.bias is None else _view(m.bias)
+        # gradient arrays of weight and bias (none for the input standardizer: no backward)
+        self.g_weight = None if grads is None or m.weight is None else grads.array(m.weight)
+        self.g_bias = None if grads is None or m.bias is None else grads.array(m.bias)
         self.alpha_fwd, self.warmup = m.alpha_fwd, m.warmup
         self.eps = self.dt(m.eps)
         self.k = self.dt(1.0 - m.alpha_bkw)
@@ -81,18 +84,21 @@ class _Norm:
         self.ls_eps = self.dt(comp.eps) if isinstance(comp, LayerScaling) else None
         self.clamp_val = self.dt(comp.clamp_val) if isinstance(comp, ActivationClamp) else None
         self._record: Tensor | None = None  # the health record tensor this step fills in place
+        self._record_view: Array | None = None
 
     # ------------------------------------------------------------- normalizer
-    def forward(self, h: Array) -> tuple[Array, tuple]:
-        """Training forward of one sample (``_step_statistics`` and the affine output).
-        Returns the output and the cache; the new ``mu``/``var`` wait for :meth:`commit`."""
-        a = _forward_coefficient(self.alpha_fwd, int(self.seen), self.warmup)
+    def forward(self, h: Array, state: tuple[Array, Array, int] | None = None) -> tuple[Array, list]:
+        """Training forward of one sample (``_step_statistics`` and the affine output) from
+        ``state`` = ``(mu, var, seen)`` (the layer's own by default). Returns the output
+        and the cache, which holds the new ``mu``/``var``: nothing is written here."""
+        mu, var, seen = (self.mu, self.var, int(self.seen)) if state is None else state
+        a = _forward_coefficient(self.alpha_fwd, seen, self.warmup)
         w = 1.0 - a
-        c = h - self.mu
+        c = h - mu
         msq = c * c
-        inv_s = _rsqrt(self.var + self.eps)
-        new_var = _lerp(self.var, msq * self.dt(a), w)
-        new_mu = self.mu + self.dt(w) * c
+        inv_s = _rsqrt(var + self.eps)
+        new_var = _lerp(var, msq * self.dt(a), w)
+        new_mu = mu + self.dt(w) * c
         scale = inv_s if self.weight is None else inv_s * self.weight
         out = c * scale if self.bias is None else self.bias + c * scale
         return out, [c, msq, inv_s, scale, new_mu, new_var, None, None]
@@ -104,35 +110,45 @@ class _Norm:
         c = h - self.mu
         return c * scale if self.bias is None else self.bias + c * scale
 
-    def backward(self, dz: Array, cache: list, grads: _Grads) -> Array:
-        """ON's control-process gradient (``OnlineNormFunction.backward``, batch of one);
-        the new ``u``/``v`` go into ``cache`` for :meth:`commit`."""
+    def backward(
+        self, dz: Array, cache: list, state: tuple[Array, Array] | None = None, accumulate: bool = False
+    ) -> Array:
+        """ON's control-process gradient (``OnlineNormFunction.backward``, batch of one)
+        from ``state`` = ``(u, v)`` (the layer's own by default); the new ``u``/``v`` go
+        into ``cache``. The weight and bias gradients are written, or with ``accumulate``
+        added (a layer applied at every time step)."""
         k = self.k
+        u, v = (self.u, self.v) if state is None else state
         c, msq, inv_s, scale = cache[0], cache[1], cache[2], cache[3]
         dzc = dz * c
-        vs2 = (inv_s * inv_s) * self.v
+        vs2 = (inv_s * inv_s) * v
         dz_scale = dz * scale
-        du = (dz_scale - k * (vs2 * c)) - k * self.u
-        cache[6] = self.u + du
-        cache[7] = self.v + (dzc * scale - k * (msq * vs2))
-        if self.weight is not None:
-            grads.put(self.module.weight, dzc * inv_s)
-            grads.put(self.module.bias, dz)
+        du = (dz_scale - k * (vs2 * c)) - k * u
+        cache[6] = u + du
+        cache[7] = v + (dzc * scale - k * (msq * vs2))
+        if self.g_weight is not None:
+            if accumulate:
+                self.g_weight += dzc * inv_s
+                self.g_bias += dz
+            else:
+                np.multiply(dzc, inv_s, out=self.g_weight)
+                self.g_bias[...] = dz
         return du
 
-    def commit(self, cache: list) -> None:
+    def commit(self, cache: list, count: int = 1) -> None:
+        """Write the state a cache holds (``u``/``v`` only if a backward filled them)."""
         self.mu[...] = cache[4]
         self.var[...] = cache[5]
         if cache[6] is not None:
             self.u[...] = cache[6]
             self.v[...] = cache[7]
-        self.seen[...] += 1
+        self.seen[...] += count
 
     # ------------------------------------------------------------ compensation
     def compensate(self, o: Array) -> tuple[Array, Any]:
         """Layer scaling or clamping of one sample, with what its backward needs."""
         if self.ls_eps is not None:
-            mean_sq = self.dt((o * o).mean(dtype=np.float64))
+            mean_sq = self.dt(np.add.reduce(o * o, dtype=np.float64) / o.shape[0])
             r = 1 / np.sqrt(mean_sq + self.ls_eps)
             z = o * r
             return z, (z, r, mean_sq)
@@ -154,7 +170,7 @@ class _Norm:
             z, r, _ = cache
             # a projection that cancels: accumulated in float64, as torch's own mean is
             # more accurate than a float32 BLAS dot (it feeds Adam's near-zero gradients)
-            proj = self.dt((dz * z).mean(dtype=np.float64))
+            proj = self.dt(np.add.reduce(dz * z, dtype=np.float64) / z.shape[0])
             return (dz - z * proj) * r
         if self.clamp_val is not None:
             return dz * ((cache >= -self.clamp_val) & (cache <= self.clamp_val))
@@ -165,23 +181,26 @@ class _Norm:
         tensor kept for the purpose (a fresh one after a state load cleared it)."""
         comp = self.module.compensation
         if isinstance(comp, LayerScaling):
-            if comp.last_mean_sq is not self._record or self._record is None:
+            if self._record is None or comp.last_mean_sq is not self._record:
                 self._record = torch.empty((1, 1), dtype=torch.float32)
+                self._record_view = self._record.numpy()
                 comp.last_mean_sq = self._record
-            self._record.numpy()[0, 0] = cache[2]
+            self._record_view[0, 0] = cache[2]
         elif isinstance(comp, ActivationClamp):
-            if comp.last_input is not self._record or self._record is None:
+            if self._record is None or comp.last_input is not self._record:
                 self._record = torch.empty((1, cache.shape[0]), dtype=torch.float32)
+                self._record_view = self._record.numpy()
                 comp.last_input = self._record
-            self._record.numpy()[0] = cache
+            self._record_view[0] = cache
 
 
 class _LayerNorm:
     """``nn.LayerNorm`` over a vector, with its standard derivative."""
 
-    def __init__(self, m: nn.LayerNorm) -> None:
+    def __init__(self, m: nn.LayerNorm, grads: _Grads) -> None:
         self.module = m
         self.weight, self.bias = _view(m.weight), _view(m.bias)
+        self.g_weight, self.g_bias = grads.array(m.weight), grads.array(m.bias)
         self.eps = self.weight.dtype.type(m.eps)
 
     def _normalize(self, h: Array) -> tuple[Array, Array]:
@@ -196,14 +215,15 @@ class _LayerNorm:
     def eval(self, h: Array) -> Array:
         return self._normalize(h)[0] * self.weight + self.bias
 
-    def backward(self, dy: Array, cache: tuple[Array, Array], grads: _Grads) -> Array:
+    def backward(self, dy: Array, cache: tuple[Array, Array]) -> Array:
         xhat, rstd = cache
-        grads.put(self.module.weight, dy * xhat)
-        grads.put(self.module.bias, dy)
+        np.multiply(dy, xhat, out=self.g_weight)
+        self.g_bias[...] = dy
         dxhat = dy * self.weight
         # two projections that cancel: accumulated in float64
-        mean_d = self.weight.dtype.type(dxhat.mean(dtype=np.float64))
-        mean_dx = self.weight.dtype.type((dxhat * xhat).mean(dtype=np.float64))
+        n, dt = dy.shape[0], self.weight.dtype.type
+        mean_d = dt(np.add.reduce(dxhat, dtype=np.float64) / n)
+        mean_dx = dt(np.add.reduce(dxhat * xhat, dtype=np.float64) / n)
         return rstd * (dxhat - mean_d - xhat * mean_dx)
 
 
@@ -222,11 +242,8 @@ class _Grads:
         self.arrays = {key: t.numpy() for key, t in self.tensors.items()}
         self.flat_array = self.flat.numpy()
 
-    def put(self, p: Tensor, g: Array) -> None:
-        self.arrays[id(p)][...] = g
-
-    def outer(self, p: Tensor, g: Array, x: Array) -> None:
-        np.multiply(g[:, None], x[None, :], out=self.arrays[id(p)])
+    def array(self, p: Tensor) -> Array:
+        return self.arrays[id(p)]
 
     def norm(self) -> float:
         flat = self.flat_array
@@ -235,12 +252,18 @@ class _Grads:
 
 @dataclass
 class _Block:
-    """``Linear -> norm -> ReLU``: the linear layer's views and its normalizer."""
+    """``Linear -> norm -> ReLU``: the linear layer's views, its gradients' and its normalizer."""
 
-    linear: nn.Linear
     weight: Array
     bias: Array | None
+    g_weight: Array
+    g_bias: Array | None
     norm: _Norm | _LayerNorm | None
+
+
+def _outer(g: Array, x: Array, out: Array) -> None:
+    """A linear layer's weight gradient for one sample."""
+    np.multiply(g[:, None], x[None, :], out=out)
 
 
 @dataclass
@@ -275,40 +298,48 @@ class MLPStep:
         if sorted(id(p) for g in optimizer.param_groups for p in g["params"]) != sorted(self.grads.tensors):
             raise ValueError("the optimizer must update every trainable parameter")
         inorm = network.input_norm
-        self.input_norm = _Norm(inorm) if isinstance(inorm, OnlineNorm) else None
-        self.blocks = [self._block(b) for b in network.blocks]
-        self.head = network.head
-        self.head_w, self.head_b = _view(network.head.weight), _view(network.head.bias)
+        self.input_norm = _Norm(inorm, None) if isinstance(inorm, OnlineNorm) else None
+        self.blocks = [self._block(b, self.grads) for b in network.blocks]
+        head, skip = network.head, network.skip
+        self.head_w, self.head_b = _view(head.weight), _view(head.bias)
+        self.g_head_w, self.g_head_b = self.grads.array(head.weight), self.grads.array(head.bias)
+        self.skip_w = None if skip is None else _view(skip.weight)
+        self.g_skip_w = None if skip is None else self.grads.array(skip.weight)
         self.dt = self.head_w.dtype.type
-        self.skip = network.skip
-        self.skip_w = None if network.skip is None else _view(network.skip.weight)
 
     @staticmethod
-    def _block(block: nn.Sequential) -> _Block:
+    def _block(block: nn.Sequential, grads: _Grads) -> _Block:
         linear, norm, act = block
         if not isinstance(act, nn.ReLU):
             raise ValueError(f"unsupported activation {type(act).__name__}")
         wrapped: _Norm | _LayerNorm | None
         if isinstance(norm, OnlineNorm):
-            wrapped = _Norm(norm)
+            wrapped = _Norm(norm, grads)
         elif isinstance(norm, nn.LayerNorm):
-            wrapped = _LayerNorm(norm)
+            wrapped = _LayerNorm(norm, grads)
         elif isinstance(norm, nn.Identity):
             wrapped = None
         else:
             raise ValueError(f"unsupported normalizer {type(norm).__name__}")
-        bias = None if linear.bias is None else _view(linear.bias)
-        return _Block(linear, _view(linear.weight), bias, wrapped)
+        if linear.bias is None:
+            return _Block(_view(linear.weight), None, grads.array(linear.weight), None, wrapped)
+        return _Block(
+            _view(linear.weight),
+            _view(linear.bias),
+            grads.array(linear.weight),
+            grads.array(linear.bias),
+            wrapped,
+        )
 
     # ------------------------------------------------------------------ eval
     def predict(self, xs: Array) -> Array:
-        """Eval-mode outputs ``(N, K)`` of flattened inputs ``(N, F)``; changes nothing.
+        """Eval-mode outputs ``(N, K)`` of inputs ``(N, *input_shape)``; changes nothing.
 
         One sample takes :meth:`_forward`'s operations, so the prediction of a sample
         equals, bit for bit, the output a training step on it returns.
         """
         with np.errstate(all="ignore"):  # as torch: overflow gives inf, not an error
-            return self._predict(xs)
+            return self._predict(xs.reshape(xs.shape[0], -1))
 
     def _predict(self, xs: Array) -> Array:
         if xs.shape[0] == 1:
@@ -380,19 +411,19 @@ class MLPStep:
         return float((diff * diff).mean()), diff * self.dt(2.0 / out.shape[0])
 
     def compute(self, x: Array, y: int | Array) -> Pending:
-        """Forward, loss and backward of one sample ``x`` ``(F,)``; writes no state.
+        """Forward, loss and backward of one sample ``x`` (any shape, flattened); writes
+        no state.
         Overflow is not an error here: the caller checks the loss and gradient norm."""
         with np.errstate(all="ignore"):
-            return self._compute(x, y)
+            return self._compute(x.reshape(-1), y)
 
     def _compute(self, x: Array, y: int | Array) -> Pending:
         out, in_cache, traces, last, h0 = self._forward(x, train=True)
         loss, g = self._loss(out, y)
-        grads = self.grads
-        grads.outer(self.head.weight, g, last)
-        grads.put(self.head.bias, g)
-        if self.skip is not None:
-            grads.outer(self.skip.weight, g, h0)
+        _outer(g, last, self.g_head_w)
+        self.g_head_b[...] = g
+        if self.g_skip_w is not None:
+            _outer(g, h0, self.g_skip_w)
         g = self.head_w.T @ g
         for i in range(len(self.blocks) - 1, -1, -1):
             blk = self.blocks[i]
@@ -402,13 +433,13 @@ class MLPStep:
             if isinstance(norm, _Norm):
                 g = norm.compensate_backward(g, c_cache)
             if norm is not None:
-                g = norm.backward(g, n_cache, grads)
-            grads.outer(blk.linear.weight, g, h_in)
-            if blk.bias is not None:
-                grads.put(blk.linear.bias, g)
+                g = norm.backward(g, n_cache)
+            _outer(g, h_in, blk.g_weight)
+            if blk.g_bias is not None:
+                blk.g_bias[...] = g
             if i > 0:  # the first block's input needs no gradient
                 g = blk.weight.T @ g
-        grad_norm = grads.norm()
+        grad_norm = self.grads.norm()
         return Pending(loss, grad_norm, out, lambda: self._apply(in_cache, traces, grad_norm))
 
     def _apply(self, in_cache: Any, traces: list[BlockTrace], grad_norm: float) -> None:

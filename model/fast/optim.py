@@ -32,6 +32,10 @@ class FusedUpdate:
                 raise ValueError("a tensor learning rate is not mirrored")
         self.optimizer = optimizer
         self._adam = isinstance(optimizer, torch.optim.Adam)
+        # Per group, the state tensors the kernels take, gathered once: valid while the
+        # optimizer's state is the same object (``load_state_dict`` replaces it).
+        self._state_ref: Any = None
+        self._lists: list[list[list[Tensor]]] = []
 
     def _adam_state(self, p: Tensor) -> dict[str, Any]:
         """The state ``Adam._init_group`` creates lazily for a fused group."""
@@ -44,23 +48,35 @@ class FusedUpdate:
 
     def step(self, grads: list[list[Tensor]]) -> None:
         """Update every parameter; ``grads[g][i]`` is the gradient of group ``g``'s ``i``-th."""
-        for group, group_grads in zip(self.optimizer.param_groups, grads, strict=True):
+        groups = self.optimizer.param_groups
+        if self._state_ref is not self.optimizer.state or len(self._lists) != len(groups):
+            self._lists = []
+            self._state_ref = self.optimizer.state
+        for i, (group, group_grads) in enumerate(zip(groups, grads, strict=True)):
             params: list[Tensor] = group["params"]
             if self._adam:
-                self._adam_group(group, params, group_grads)
+                self._adam_group(i, group, params, group_grads)
             else:
-                self._sgd_group(group, params, group_grads)
+                self._sgd_group(i, group, params, group_grads)
 
-    def _adam_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
-        states = [self._adam_state(p) for p in params]
-        steps = [s["step"] for s in states]
+    def _adam_group(self, i: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        if i == len(self._lists):
+            states = [self._adam_state(p) for p in params]
+            self._lists.append(
+                [
+                    [s["step"] for s in states],
+                    [s["exp_avg"] for s in states],
+                    [s["exp_avg_sq"] for s in states],
+                ]
+            )
+        steps, exp_avgs, exp_avg_sqs = self._lists[i]
         beta1, beta2 = group["betas"]
         torch._foreach_add_(steps, 1)
         torch._fused_adam_(
             params,
             grads,
-            [s["exp_avg"] for s in states],
-            [s["exp_avg_sq"] for s in states],
+            exp_avgs,
+            exp_avg_sqs,
             [],
             steps,
             amsgrad=False,
@@ -72,12 +88,14 @@ class FusedUpdate:
             maximize=False,
         )
 
-    def _sgd_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+    def _sgd_group(self, i: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         momentum = group["momentum"]
         state = self.optimizer.state
         buffers: list[Tensor] = []
         first = False
-        if momentum != 0:
+        if momentum != 0 and i < len(self._lists):
+            buffers = self._lists[i][0]
+        elif momentum != 0:
             found = [state[p].get("momentum_buffer") for p in params]
             first = all(b is None for b in found)
             buffers = [torch.empty_like(g) for g in grads] if first else found  # type: ignore[misc]
@@ -93,6 +111,8 @@ class FusedUpdate:
             maximize=False,
             is_first_step=first,
         )
-        if momentum != 0:
+        if first:
             for p, buf in zip(params, buffers, strict=True):
                 state[p]["momentum_buffer"] = buf
+        if i == len(self._lists):
+            self._lists.append([buffers])

@@ -354,3 +354,24 @@ def test_health_signals_follow_training_steps_only() -> None:
         assert [s[field] for s in learner.norm_stats()] == before
         learner.learn_one(xs[4] * 1000, ys[4])
         assert [s[field] for s in learner.norm_stats()] != before
+
+
+@pytest.mark.parametrize("key", ["mlp-cls", "mlp-reg", "rnn"])
+def test_fast_steps_do_not_depend_on_the_thread_count(key: str) -> None:
+    """The fast steps (NumPy, and torch's elementwise fused updates) round alike at any
+    torch thread count, so their models are reproducible across processes; the eager
+    cnn's convolutions are not (tests/conftest.py pins one thread, as the service)."""
+    spec = SPECS[key]
+    xs, ys = _stream(spec, 3, seed=21)
+    threads = torch.get_num_threads()
+    states = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            learner = OnlineLearner(spec)
+            assert learner.path == "fast"
+            learner.learn_many(xs, ys)
+            states.append(learner.state_bytes())
+    finally:
+        torch.set_num_threads(threads)
+    assert states[0] == states[1]
