@@ -137,17 +137,23 @@ def _numbers(values: list[Any], rows: int, shape: tuple[int, ...], size: int) ->
     """``values`` (one per sample) as a float32 ``(rows, *shape)`` array, or None unless
     every one is plain finite numbers of the right shape (flat, or nested to ``shape``)."""
     try:
-        arr = np.asarray(values)
+        arr = np.asarray(values[0] if rows == 1 else values)  # one sample: no list around it
     except ValueError:  # ragged
         return None
     kind = arr.dtype.kind
-    if kind not in "if" or arr.size != rows * size or arr.shape[:1] != (rows,):
+    if kind not in "if" or arr.size != rows * size:
         return None
-    if arr.shape[1:] != shape and arr.shape[1:] != (size,):
+    if rows == 1:
+        each = arr.shape
+    elif arr.shape[0] == rows:
+        each = arr.shape[1:]
+    else:
+        return None
+    if each != shape and each != (size,):
         return None
     # Below 2**53 a value is finite, fits float32, and if it came as an integer it converts
     # exactly as check_x converts it alone. Integers (int64) always fit float32.
-    if kind == "f" and not float(np.abs(arr).max(initial=0.0)) < _EXACT_INTEGERS:
+    if kind == "f" and not float(np.abs(arr).max()) < _EXACT_INTEGERS:
         return None
     return arr.astype(np.float32).reshape(rows, *shape)
 

@@ -110,14 +110,18 @@ class _Disconnected(Exception):
     """The client went away before its body arrived: nobody to answer."""
 
 
+_WANTED = frozenset({b"content-length", b"authorization", b"idempotency-key"})
+
+
 def _headers(scope: Scope) -> dict[str, str]:
-    """The request's headers, lower-case names, the first of repeated ones (as Starlette's
-    ``request.headers.get``)."""
+    """The request headers this path reads (lower-case names, as ASGI gives them), the
+    first of repeated ones (as Starlette's ``request.headers.get``)."""
     out: dict[str, str] = {}
     for key, value in scope["headers"]:
-        name = key.decode("latin-1")
-        if name not in out:
-            out[name] = value.decode("latin-1")
+        if key in _WANTED:
+            name = key.decode("latin-1")
+            if name not in out:
+                out[name] = value.decode("latin-1")
     return out
 
 
