@@ -7,8 +7,9 @@ took, so recovery stays bit for bit.
 
 Covered, on CPU: ``mlp`` with every option of its spec (input standardizer, ON with
 layer scaling, clamping or none, LayerNorm, no norm, the skip path, SGD and Adam, weight
-decay, clipping, classification and regression), and ``rnn`` with ON or no norm.
-Everything else (``cnn``, an rnn with LayerNorm, any GPU) takes the eager autograd step,
+decay, clipping, classification and regression), ``rnn`` and ``cnn`` with ON or no
+norm (the cnn's step in torch operations without the tape, :mod:`model.fast.cnn`).
+Everything else (LayerNorm in an rnn or cnn, any GPU) takes the eager autograd step,
 which also stays the reference the fast path is tested against.
 """
 
@@ -17,22 +18,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from model.fast.cnn import CNNStep
 from model.fast.mlp import MLPStep, Pending
 from model.fast.rnn import RNNStep
 from model.spec import ModelSpec
 
-FastStep = MLPStep | RNNStep
+FastStep = MLPStep | RNNStep | CNNStep
 
-__all__ = ["FastStep", "MLPStep", "Pending", "RNNStep", "build", "unsupported_reason"]
+__all__ = ["CNNStep", "FastStep", "MLPStep", "Pending", "RNNStep", "build", "unsupported_reason"]
 
 
 def unsupported_reason(spec: ModelSpec, device: torch.device) -> str | None:
     """Why ``spec`` on ``device`` takes the eager step, or ``None`` if the fast one covers it."""
     kind = spec.network_kind
-    if kind not in ("mlp", "rnn"):
-        return f"the fast step covers mlp and rnn networks, not {kind}"
-    if kind == "rnn" and spec.norm.kind == "layer":
-        return "the fast rnn step covers online or no normalization, not layer"
+    if kind != "mlp" and spec.norm.kind == "layer":
+        return f"the fast {kind} step covers online or no normalization, not layer"
     if device.type != "cpu":
         return f"the fast step runs on cpu, not {device.type}"
     return None
@@ -40,7 +40,7 @@ def unsupported_reason(spec: ModelSpec, device: torch.device) -> str | None:
 
 def build(spec: ModelSpec, network: nn.Module, optimizer: torch.optim.Optimizer) -> FastStep:
     """The fast step of a network :func:`unsupported_reason` accepts."""
-    cls = RNNStep if spec.network_kind == "rnn" else MLPStep
+    cls = {"mlp": MLPStep, "rnn": RNNStep, "cnn": CNNStep}[spec.network_kind]
     return cls(
         network,
         optimizer,

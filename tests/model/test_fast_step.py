@@ -44,13 +44,28 @@ SPECS: dict[str, dict[str, Any]] = {
     "rnn": {"name": "s", "task": "regression", "input_shape": [5, 3], "network": {"hidden": [8]}},
     "rnn-stacked": {**BASE, "input_shape": [6, 4], "network": {"hidden": [8, 5]}},
     "rnn-none": {**BASE, "input_shape": [4, 2], "norm": {"kind": "none"}, "optimizer": {"kind": "sgd"}},
+    "cnn": {**BASE, "input_shape": [2, 6, 6], "network": {"channels": [4, 6]}},
+    "cnn-ac-sgd": {
+        "name": "c",
+        "task": "regression",
+        "input_shape": [1, 5, 4],
+        "norm": {"ecm": "ac"},
+        "network": {"channels": [3]},
+        "optimizer": {"kind": "sgd"},
+    },
+    "cnn-none": {
+        **BASE,
+        "input_shape": [1, 4, 4],
+        "norm": {"kind": "none"},
+        "network": {"input_norm": "none"},
+    },
     "adam-wd": {
         **BASE,
         "optimizer": {"weight_decay": 1e-2, "clip_grad_norm": 0.05},
         "network": {"hidden": [32]},
     },
 }
-SGD_KEYS = {"sgd-ac", "sgd-plain", "rnn-none"}
+SGD_KEYS = {"sgd-ac", "sgd-plain", "rnn-none", "cnn-ac-sgd"}
 
 
 def _stream(spec: dict[str, Any], n: int, seed: int = 3, noise: float = 0.5) -> list[tuple[np.ndarray, Any]]:
@@ -102,11 +117,11 @@ def test_the_path_is_a_function_of_spec_and_device() -> None:
     assert OnlineLearner(BASE, path="eager").path == "eager"
     cnn = {"name": "c", "task": "classification", "input_shape": [1, 4, 4], "num_classes": 2}
     rnn = {"name": "s", "task": "regression", "input_shape": [3, 2]}
-    assert OnlineLearner(cnn).path == "eager"
+    assert OnlineLearner(cnn).path == "fast"
     assert OnlineLearner(rnn).path == "fast"
     assert OnlineLearner({**rnn, "norm": {"kind": "layer"}}).path == "eager"
-    with pytest.raises(ValueError, match="covers mlp and rnn networks, not cnn"):
-        OnlineLearner(cnn, path="fast")
+    with pytest.raises(ValueError, match="fast cnn step covers online or no normalization, not layer"):
+        OnlineLearner({**cnn, "norm": {"kind": "layer"}}, path="fast")
     with pytest.raises(ValueError, match="path must be"):
         OnlineLearner(BASE, path="quick")  # type: ignore[arg-type]
 
@@ -279,11 +294,11 @@ def test_a_failing_update_marks_the_learner_corrupted(monkeypatch: pytest.Monkey
         learner.learn_one(*rest[0])
 
 
-@pytest.mark.parametrize("key", ["default", "sgd-ac", "rnn-stacked"])
+@pytest.mark.parametrize("key", ["default", "sgd-ac", "rnn-stacked", "cnn", "cnn-ac-sgd"])
 def test_health_records_match_the_eager_path(key: str) -> None:
     spec = SPECS[key]
     eager, fast = OnlineLearner(spec, path="eager"), OnlineLearner(spec)
-    field = "clamped_fraction" if key == "sgd-ac" else "ls_rms"
+    field = "clamped_fraction" if "ac" in key.split("-") else "ls_rms"
     assert [s[field] for s in fast.norm_stats()] == [s[field] for s in eager.norm_stats()]
     for x, y in _stream(spec, 20):
         eager.learn_one(x, y)
