@@ -209,7 +209,7 @@ class OnlineLearner:
             if x.dtype == torch.bool or x.is_complex():
                 raise InvalidSampleError(f"x must be real numbers (got a {x.dtype} tensor)")
             t = x.detach().to(device="cpu", dtype=torch.float32)
-            finite = bool(torch.isfinite(t).all())
+            finite = bool(np.isfinite(t.numpy()).all())
         else:
             arr = _numeric(x, f"x must be numbers nested to {list(self._input_shape)}")
             finite = bool(np.isfinite(arr).all())  # NumPy's check costs a tenth of torch's
