@@ -32,7 +32,6 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ for path in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(path))
 
 from bench_service import SPEC as BENCH_SPEC  # noqa: E402
-from bench_service import eager_loop  # noqa: E402
+from bench_service import _rate, eager_loop  # noqa: E402
 
 from model.learner import OnlineLearner  # noqa: E402
 
@@ -87,17 +86,6 @@ def _data(spec: dict[str, Any], n: int, seed: int = 0) -> list[tuple[list[Any], 
         (np.round(rng.uniform(-2, 2, size=spec["input_shape"]), 4).tolist(), int(rng.integers(k)))
         for _ in range(n)
     ]
-
-
-def _rate(step: Callable[[int], object], seconds: float) -> float:
-    for i in range(20):
-        step(i)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for _ in range(10):
-            step(n)
-            n += 1
-    return n / (time.perf_counter() - start)
 
 
 def _learner_rate(spec: dict[str, Any], path: str, seconds: float) -> float:

@@ -141,6 +141,17 @@ def _numeric(value: Any, expected: str) -> np.ndarray:
         return arr.astype(np.float32, copy=False)
 
 
+def _non_finite(loss: float, grad_norm: float) -> NonFiniteStepError:
+    what, value = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", grad_norm)
+    return NonFiniteStepError(f"non-finite {what} ({value}); the step was rolled back")
+
+
+def _update_failed(exc: Exception) -> LearnerCorruptedError:
+    return LearnerCorruptedError(
+        f"the optimizer update failed ({type(exc).__name__}: {exc}); the weights may be half-updated"
+    )
+
+
 def _summary(values: Tensor) -> tuple[float, float, float]:
     return float(values.mean()), float(values.min()), float(values.max())
 
@@ -377,11 +388,7 @@ class OnlineLearner:
         if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
             self._restore_norm_state(health)
             self._clear_grads()
-            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
-            raise NonFiniteStepError(
-                f"non-finite {what} ({loss_value if what == 'loss' else grad_value}); "
-                "the step was rolled back"
-            )
+            raise _non_finite(loss_value, grad_value)
         prediction: PredictionValue
         if self._classify:
             prediction = int(label[0])
@@ -392,9 +399,7 @@ class OnlineLearner:
         try:
             self.optimizer.step()
         except Exception as exc:
-            raise LearnerCorruptedError(
-                f"the optimizer update failed ({type(exc).__name__}: {exc}); the weights may be half-updated"
-            ) from exc
+            raise _update_failed(exc) from exc
         self.step += 1
         self.metrics.update(loss_value, score)
         return LearnResult(step=self.step, loss=loss_value, prediction=prediction)
@@ -411,11 +416,7 @@ class OnlineLearner:
             ) from exc
         loss_value, grad_value = pending.loss, pending.grad_norm
         if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
-            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
-            raise NonFiniteStepError(
-                f"non-finite {what} ({loss_value if what == 'loss' else grad_value}); "
-                "the step was rolled back"
-            )
+            raise _non_finite(loss_value, grad_value)
         out = pending.output
         prediction: PredictionValue
         if self._classify:
@@ -427,9 +428,7 @@ class OnlineLearner:
         try:
             pending.apply()
         except Exception as exc:
-            raise LearnerCorruptedError(
-                f"the optimizer update failed ({type(exc).__name__}: {exc}); the weights may be half-updated"
-            ) from exc
+            raise _update_failed(exc) from exc
         self.step += 1
         self.metrics.update(loss_value, score)
         return LearnResult(step=self.step, loss=loss_value, prediction=prediction)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from model.fast.base import Pending
 from model.fast.cnn import CNNStep
-from model.fast.mlp import MLPStep, Pending
+from model.fast.mlp import MLPStep
 from model.fast.rnn import RNNStep
 from model.spec import ModelSpec
 

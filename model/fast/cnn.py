@@ -23,8 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as tf
 
 from model import functional as F
-from model.fast.mlp import Pending, _Grads
-from model.fast.optim import FusedUpdate
+from model.fast.base import Pending, StepBase
 from model.layers import ActivationClamp, LayerScaling, OnlineNorm
 
 
@@ -100,27 +99,10 @@ class _Block:
     pool: bool
 
 
-class CNNStep:
+class CNNStep(StepBase):
     """The explicit one-sample step of :class:`model.networks.CNN` on CPU."""
 
-    def __init__(
-        self,
-        network: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        classify: bool,
-        clip_grad_norm: float | None,
-    ) -> None:
-        self.network = network
-        self.classify = classify
-        self.clip = clip_grad_norm
-        self.update = FusedUpdate(optimizer)
-        params = [p for p in network.parameters() if p.requires_grad]
-        self.grads = _Grads(params)
-        self.group_grads = [
-            [self.grads.tensors[id(p)] for p in group["params"]] for group in optimizer.param_groups
-        ]
-        if sorted(id(p) for g in optimizer.param_groups for p in g["params"]) != sorted(self.grads.tensors):
-            raise ValueError("the optimizer must update every trainable parameter")
+    def _bind(self, network: nn.Module) -> None:
         inorm = network.input_norm
         self.input_norm = _Norm2d(inorm) if isinstance(inorm, OnlineNorm) else None
         self.blocks = [self._block(b) for b in network.blocks]
@@ -227,11 +209,7 @@ class CNNStep:
 
     @torch.no_grad()
     def _apply(self, in_cache: Any, traces: list, grad_norm: float) -> None:
-        if self.clip is not None:
-            dt = self.grads.flat_array.dtype.type
-            coef = dt(self.clip) / (dt(grad_norm) + dt(1e-6))
-            if coef < 1:
-                self.grads.flat_array *= coef
+        self._clip(grad_norm)
         if self.input_norm is not None:
             self.input_norm.commit(in_cache)
         for blk, (_, n_cache, c_cache, _, _) in zip(self.blocks, traces, strict=True):

@@ -21,19 +21,16 @@ updates the weights.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model.fast.optim import FusedUpdate
+from model.fast.base import Array, Grads, Pending, StepBase, numpy_loss
 from model.layers import ActivationClamp, LayerScaling, OnlineNorm
 
-Array = np.ndarray
 #: what a block's training forward leaves for backward: (input, norm cache, comp cache, output)
 BlockTrace = tuple[Array, Any, Any, Array]
 
@@ -67,7 +64,7 @@ class _Norm:
     """An Online Normalization layer: views of its state and parameters, its constants,
     and its error compensation (layer scaling, clamping or none)."""
 
-    def __init__(self, m: OnlineNorm, grads: _Grads | None) -> None:
+    def __init__(self, m: OnlineNorm, grads: Grads | None) -> None:
         self.module = m
         self.mu, self.var, self.u, self.v = (_view(b) for b in (m.mu, m.var, m.u, m.v))
         self.seen = _view(m.num_samples_tracked)  # 0-d int64, shared
@@ -197,7 +194,7 @@ class _Norm:
 class _LayerNorm:
     """``nn.LayerNorm`` over a vector, with its standard derivative."""
 
-    def __init__(self, m: nn.LayerNorm, grads: _Grads) -> None:
+    def __init__(self, m: nn.LayerNorm, grads: Grads) -> None:
         self.module = m
         self.weight, self.bias = _view(m.weight), _view(m.bias)
         self.g_weight, self.g_bias = grads.array(m.weight), grads.array(m.bias)
@@ -227,29 +224,6 @@ class _LayerNorm:
         return rstd * (dxhat - mean_d - xhat * mean_dx)
 
 
-class _Grads:
-    """Every gradient as a view of one flat buffer: the total norm is one dot product,
-    clipping one multiply, and the fused update reads the views as tensors."""
-
-    def __init__(self, params: list[nn.Parameter]) -> None:
-        total = sum(p.numel() for p in params)
-        self.flat = torch.empty(total, dtype=params[0].dtype)
-        self.tensors: dict[int, Tensor] = {}
-        offset = 0
-        for p in params:
-            self.tensors[id(p)] = self.flat[offset : offset + p.numel()].view_as(p)
-            offset += p.numel()
-        self.arrays = {key: t.numpy() for key, t in self.tensors.items()}
-        self.flat_array = self.flat.numpy()
-
-    def array(self, p: Tensor) -> Array:
-        return self.arrays[id(p)]
-
-    def norm(self) -> float:
-        flat = self.flat_array
-        return math.sqrt(float(np.dot(flat, flat)))
-
-
 @dataclass
 class _Block:
     """``Linear -> norm -> ReLU``: the linear layer's views, its gradients' and its normalizer."""
@@ -266,37 +240,10 @@ def _outer(g: Array, x: Array, out: Array) -> None:
     np.multiply(g[:, None], x[None, :], out=out)
 
 
-@dataclass
-class Pending:
-    """A computed step, not yet applied: its loss, gradient norm and output."""
-
-    loss: float
-    grad_norm: float
-    output: Array
-    apply: Callable[[], None] = field(repr=False)
-
-
-class MLPStep:
+class MLPStep(StepBase):
     """The explicit one-sample step of :class:`model.networks.MLP` on CPU."""
 
-    def __init__(
-        self,
-        network: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        classify: bool,
-        clip_grad_norm: float | None,
-    ) -> None:
-        self.network = network
-        self.classify = classify
-        self.clip = clip_grad_norm
-        self.update = FusedUpdate(optimizer)
-        params = [p for p in network.parameters() if p.requires_grad]
-        self.grads = _Grads(params)
-        self.group_grads = [
-            [self.grads.tensors[id(p)] for p in group["params"]] for group in optimizer.param_groups
-        ]
-        if sorted(id(p) for g in optimizer.param_groups for p in g["params"]) != sorted(self.grads.tensors):
-            raise ValueError("the optimizer must update every trainable parameter")
+    def _bind(self, network: nn.Module) -> None:
         inorm = network.input_norm
         self.input_norm = _Norm(inorm, None) if isinstance(inorm, OnlineNorm) else None
         self.blocks = [self._block(b, self.grads) for b in network.blocks]
@@ -308,7 +255,7 @@ class MLPStep:
         self.dt = self.head_w.dtype.type
 
     @staticmethod
-    def _block(block: nn.Sequential, grads: _Grads) -> _Block:
+    def _block(block: nn.Sequential, grads: Grads) -> _Block:
         linear, norm, act = block
         if not isinstance(act, nn.ReLU):
             raise ValueError(f"unsupported activation {type(act).__name__}")
@@ -396,20 +343,6 @@ class MLPStep:
             y = y + self.skip_w @ h0
         return y, in_cache, traces, h, h0
 
-    def _loss(self, out: Array, y: int | Array) -> tuple[float, Array]:
-        """Loss value and its gradient with respect to the output."""
-        if self.classify:
-            assert isinstance(y, int)
-            m = out.max()
-            e = np.exp(out - m)
-            s = e.sum()
-            loss = float((m + np.log(s)) - out[y])
-            g = e / s
-            g[y] -= 1
-            return loss, g
-        diff = out - y
-        return float((diff * diff).mean()), diff * self.dt(2.0 / out.shape[0])
-
     def compute(self, x: Array, y: int | Array) -> Pending:
         """Forward, loss and backward of one sample ``x`` (any shape, flattened); writes
         no state.
@@ -419,7 +352,7 @@ class MLPStep:
 
     def _compute(self, x: Array, y: int | Array) -> Pending:
         out, in_cache, traces, last, h0 = self._forward(x, train=True)
-        loss, g = self._loss(out, y)
+        loss, g = numpy_loss(out, y, self.classify)
         _outer(g, last, self.g_head_w)
         self.g_head_b[...] = g
         if self.g_skip_w is not None:
@@ -444,11 +377,7 @@ class MLPStep:
 
     def _apply(self, in_cache: Any, traces: list[BlockTrace], grad_norm: float) -> None:
         """Clip, advance every ON layer, leave the health records, update the weights."""
-        if self.clip is not None:
-            # clip_grad_norm_'s coefficient, clamped at 1 (a no-op multiply then)
-            coef = self.dt(self.clip) / (self.dt(grad_norm) + self.dt(1e-6))
-            if coef < 1:
-                self.grads.flat_array *= coef
+        self._clip(grad_norm)
         if self.input_norm is not None:
             self.input_norm.commit(in_cache)
         for blk, (_, n_cache, c_cache, _) in zip(self.blocks, traces, strict=True):

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-from model.fast.mlp import Array, Pending, _Grads, _lerp, _Norm, _rsqrt, _view
-from model.fast.optim import FusedUpdate
+from model.fast.base import Array, Grads, Pending, StepBase, numpy_loss
+from model.fast.mlp import _lerp, _Norm, _rsqrt, _view
 from model.layers import OnlineNorm
 
 
@@ -73,26 +72,10 @@ class _Layer:
     norm: _Norm | None
 
 
-class RNNStep:
+class RNNStep(StepBase):
     """The explicit one-sample step of :class:`model.networks.RNN` on CPU."""
 
-    def __init__(
-        self,
-        network: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        classify: bool,
-        clip_grad_norm: float | None,
-    ) -> None:
-        self.classify = classify
-        self.clip = clip_grad_norm
-        self.update = FusedUpdate(optimizer)
-        params = [p for p in network.parameters() if p.requires_grad]
-        self.grads = _Grads(params)
-        self.group_grads = [
-            [self.grads.tensors[id(p)] for p in group["params"]] for group in optimizer.param_groups
-        ]
-        if sorted(id(p) for g in optimizer.param_groups for p in g["params"]) != sorted(self.grads.tensors):
-            raise ValueError("the optimizer must update every trainable parameter")
+    def _bind(self, network: nn.Module) -> None:
         inorm = network.input_norm
         self.input_norm = _InputNorm(_Norm(inorm, None)) if isinstance(inorm, OnlineNorm) else None
         self.layers = [self._layer(m, self.grads) for m in network.layers]
@@ -102,7 +85,7 @@ class RNNStep:
         self.dt = self.head_w.dtype.type
 
     @staticmethod
-    def _layer(m: nn.Module, grads: _Grads) -> _Layer:
+    def _layer(m: nn.Module, grads: Grads) -> _Layer:
         norm = m.norm
         if isinstance(norm, OnlineNorm):
             wrapped: _Norm | None = _Norm(norm, grads)
@@ -169,25 +152,12 @@ class RNNStep:
             steps.append((cache, c_cache))
         return np.stack(outs), (xs, steps, outs)
 
-    def _loss(self, out: Array, y: int | Array) -> tuple[float, Array]:
-        if self.classify:
-            assert isinstance(y, int)
-            m = out.max()
-            e = np.exp(out - m)
-            s = e.sum()
-            loss = float((m + np.log(s)) - out[y])
-            g = e / s
-            g[y] -= 1
-            return loss, g
-        diff = out - y
-        return float((diff * diff).mean()), diff * self.dt(2.0 / out.shape[0])
-
     def compute(self, x: Array, y: int | Array) -> Pending:
         """Eval prediction, then forward, loss and backward of one sample ``(T, F)``."""
         with np.errstate(all="ignore"):
             prediction = self._forward(x, train=False)[0]
             out, (in_cache, traces, last) = self._forward(x, train=True)
-            loss, g = self._loss(out, y)
+            loss, g = numpy_loss(out, y, self.classify)
             np.multiply(g[:, None], last[None, :], out=self.g_head_w)
             self.g_head_b[...] = g
             g_seq = np.zeros((x.shape[0], last.shape[0]), dtype=out.dtype)
@@ -230,10 +200,7 @@ class RNNStep:
         return g_in, state
 
     def _apply(self, in_cache: Any, traces: list, finals: list, grad_norm: float) -> None:
-        if self.clip is not None:
-            coef = self.dt(self.clip) / (self.dt(grad_norm) + self.dt(1e-6))
-            if coef < 1:
-                self.grads.flat_array *= coef
+        self._clip(grad_norm)
         if self.input_norm is not None:
             self.input_norm.norm.commit(in_cache)
         for layer, (_, steps, _), final in zip(self.layers, traces, finals, strict=True):
