@@ -79,13 +79,16 @@ class OnlineNormState(NamedTuple):
 NUMPY_STEP = True
 
 
-def _forward_coefficient(alpha_fwd: float, n: int, seen: Tensor | None, dtype: torch.dtype) -> float | Tensor:
+def _forward_coefficient(
+    alpha_fwd: float, n: int, seen: Tensor | int | None, dtype: torch.dtype
+) -> float | Tensor:
     """The forward decay of each sample: constant, or warmed up from the prior.
 
     With warm-up the prior ``(mu=0, var=1)`` counts as one pseudo-sample:
     ``alpha_n = min(alpha_fwd, (t_n + 1) / (t_n + 2))`` with ``t_n`` samples seen before
     sample ``n``. The first estimates are then exact running means, and the variance
-    estimate is never 0.
+    estimate is never 0. ``seen`` may be a host count (the fast steps keep one), then
+    only for ``n == 1``.
     """
     if seen is None:
         return alpha_fwd

@@ -146,6 +146,10 @@ def _non_finite(loss: float, grad_norm: float) -> NonFiniteStepError:
     return NonFiniteStepError(f"non-finite {what} ({value}); the step was rolled back")
 
 
+def _step_failed(exc: Exception) -> StepFailedError:
+    return StepFailedError(f"the step failed ({type(exc).__name__}: {exc}); it was rolled back")
+
+
 def _update_failed(exc: Exception) -> LearnerCorruptedError:
     return LearnerCorruptedError(
         f"the optimizer update failed ({type(exc).__name__}: {exc}); the weights may be half-updated"
@@ -362,9 +366,7 @@ class OnlineLearner:
         except Exception as exc:  # forward or backward raised: nothing was updated but ON state
             self._restore_norm_state(health)
             self._clear_grads()
-            raise StepFailedError(
-                f"the step failed ({type(exc).__name__}: {exc}); it was rolled back"
-            ) from exc
+            raise _step_failed(exc) from exc
 
     def _try_step(self, xb: Tensor, yb: Tensor, y: Tensor, health: list[Tensor | None]) -> LearnResult:
         prediction_out = None if self._train_output_is_prediction else self._forward_eval(xb)
@@ -411,9 +413,7 @@ class OnlineLearner:
         try:
             pending = self._fast.compute(x.numpy(), target)
         except Exception as exc:  # nothing was written yet
-            raise StepFailedError(
-                f"the step failed ({type(exc).__name__}: {exc}); it was rolled back"
-            ) from exc
+            raise _step_failed(exc) from exc
         loss_value, grad_value = pending.loss, pending.grad_norm
         if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
             raise _non_finite(loss_value, grad_value)

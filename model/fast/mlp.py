@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from model import functional as F
 from model.fast.base import Array, Grads, Pending, StepBase, numpy_loss
 from model.layers import ActivationClamp, LayerScaling, OnlineNorm
 
@@ -38,14 +39,6 @@ BlockTrace = tuple[Array, Any, Any, Array]
 def _view(t: Tensor) -> Array:
     """A NumPy array sharing ``t``'s memory (CPU, contiguous)."""
     return t.detach().numpy()
-
-
-def _forward_coefficient(alpha_fwd: float, seen: int, warmup: bool) -> float:
-    """``model.functional._forward_coefficient`` for a batch of one, from a host count."""
-    if not warmup:
-        return alpha_fwd
-    warm = (seen + 1) / (seen + 2)
-    return alpha_fwd if warm >= alpha_fwd else warm
 
 
 def _lerp(start: Array, end: Array, weight: float) -> Array:
@@ -84,12 +77,18 @@ class _Norm:
         self._record_view: Array | None = None
 
     # ------------------------------------------------------------- normalizer
+    def coefficient(self, seen: int) -> float:
+        """The forward decay of a sample after ``seen`` samples (warm-up included)."""
+        return float(
+            F._forward_coefficient(self.alpha_fwd, 1, seen if self.warmup else None, self.module.mu.dtype)
+        )
+
     def forward(self, h: Array, state: tuple[Array, Array, int] | None = None) -> tuple[Array, list]:
         """Training forward of one sample (``_step_statistics`` and the affine output) from
         ``state`` = ``(mu, var, seen)`` (the layer's own by default). Returns the output
         and the cache, which holds the new ``mu``/``var``: nothing is written here."""
         mu, var, seen = (self.mu, self.var, int(self.seen)) if state is None else state
-        a = _forward_coefficient(self.alpha_fwd, seen, self.warmup)
+        a = self.coefficient(seen)
         w = 1.0 - a
         c = h - mu
         msq = c * c
@@ -252,7 +251,6 @@ class MLPStep(StepBase):
         self.g_head_w, self.g_head_b = self.grads.array(head.weight), self.grads.array(head.bias)
         self.skip_w = None if skip is None else _view(skip.weight)
         self.g_skip_w = None if skip is None else self.grads.array(skip.weight)
-        self.dt = self.head_w.dtype.type
 
     @staticmethod
     def _block(block: nn.Sequential, grads: Grads) -> _Block:

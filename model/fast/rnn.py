@@ -23,7 +23,7 @@ import numpy as np
 from torch import nn
 
 from model.fast.base import Array, Grads, Pending, StepBase, numpy_loss
-from model.fast.mlp import _lerp, _Norm, _rsqrt, _view
+from model.fast.mlp import _lerp, _Norm, _outer, _rsqrt, _view
 from model.layers import OnlineNorm
 
 
@@ -36,7 +36,7 @@ class _InputNorm:
     def forward(self, x: Array) -> tuple[Array, list]:
         """``_step_statistics`` with a spatial dim: per feature, means over time."""
         n = self.norm
-        a = _forward_coefficient(n, int(n.seen))
+        a = n.coefficient(int(n.seen))
         w = 1.0 - a
         size = x.shape[0]
         c = x - n.mu  # (T, F)
@@ -50,13 +50,6 @@ class _InputNorm:
     def eval(self, x: Array) -> Array:
         n = self.norm
         return (x - n.mu) * _rsqrt(n.var + n.eps)
-
-
-def _forward_coefficient(norm: _Norm, seen: int) -> float:
-    if not norm.warmup:
-        return norm.alpha_fwd
-    warm = (seen + 1) / (seen + 2)
-    return norm.alpha_fwd if warm >= norm.alpha_fwd else warm
 
 
 @dataclass
@@ -82,7 +75,6 @@ class RNNStep(StepBase):
         self.head_w, self.head_b = _view(network.head.weight), _view(network.head.bias)
         self.g_head_w = self.grads.array(network.head.weight)
         self.g_head_b = self.grads.array(network.head.bias)
-        self.dt = self.head_w.dtype.type
 
     @staticmethod
     def _layer(m: nn.Module, grads: Grads) -> _Layer:
@@ -158,7 +150,7 @@ class RNNStep(StepBase):
             prediction = self._forward(x, train=False)[0]
             out, (in_cache, traces, last) = self._forward(x, train=True)
             loss, g = numpy_loss(out, y, self.classify)
-            np.multiply(g[:, None], last[None, :], out=self.g_head_w)
+            _outer(g, last, self.g_head_w)
             self.g_head_b[...] = g
             g_seq = np.zeros((x.shape[0], last.shape[0]), dtype=out.dtype)
             g_seq[-1] = self.head_w.T @ g
