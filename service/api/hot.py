@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from model.spec import NAME_PATTERN
 from service.api.deps import NAME_RE
-from service.api.limits import too_large
+from service.api.limits import declared_over, too_large
 from service.api.routes.learn import learn_body
 from service.auth import check_write
 from service.config import Settings
@@ -78,9 +78,9 @@ class HotRoutes:
     ) -> tuple[int, dict[str, Any], dict[str, str] | None]:
         settings: Settings = self.state.settings
         headers = _headers(scope)
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > settings.MAX_BODY_BYTES:
-            raise PayloadTooLargeError(too_large(settings.MAX_BODY_BYTES, int(declared)))
+        declared = declared_over(headers.get("content-length"), settings.MAX_BODY_BYTES)
+        if declared is not None:
+            raise PayloadTooLargeError(too_large(settings.MAX_BODY_BYTES, declared))
         check_write(self.state.authenticator, headers.get("authorization"))
         if not NAME_RE.match(name):
             raise InvalidInputError(f"invalid model name {name!r}: must match {NAME_PATTERN}")

@@ -14,6 +14,18 @@ def too_large(limit: int, size: int | None = None) -> str:
     return f"request body too large{got}: the limit is {limit} bytes"
 
 
+def declared_over(value: bytes | str | None, limit: int) -> int | None:
+    """The declared Content-Length ``value`` if it is over ``limit`` (an unreadable one
+    counts as 0: the streamed bytes are counted anyway)."""
+    if value is None:
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        return None
+    return size if size > limit else None
+
+
 class BodyLimitMiddleware:
     """A declared Content-Length over the limit is refused at once; a chunked body is
     counted as it streams in and refused when it crosses the limit."""
@@ -31,11 +43,8 @@ class BodyLimitMiddleware:
             return
         for name, value in scope["headers"]:
             if name == b"content-length":
-                try:
-                    size = int(value)
-                except ValueError:
-                    size = 0
-                if size > self.max_bytes:
+                size = declared_over(value, self.max_bytes)
+                if size is not None:
                     await json_response(413, {"detail": self._message(size)})(scope, receive, send)
                     return
                 break
