@@ -157,7 +157,11 @@ class RNN(nn.Module):
 
 def build_network(spec: ModelSpec) -> nn.Module:
     """The network of ``spec``, initialized from ``spec.seed`` without touching global RNG."""
-    cls = {"mlp": MLP, "cnn": CNN, "rnn": RNN}[spec.network_kind]
+    cls: type[nn.Module] = {"mlp": MLP, "cnn": CNN, "rnn": RNN}[spec.network_kind]
+    if spec.network.stateful:
+        from model.stream import StatefulRNN  # the streaming rnn lives with its learner
+
+        cls = StatefulRNN
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         return cls(spec)

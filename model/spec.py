@@ -20,6 +20,7 @@ MAX_INPUT_SIZE = 1 << 20
 MAX_WIDTH = 8192
 MAX_LAYERS = 16
 MAX_CLASSES = 100_000
+MAX_BPTT = 256
 
 
 class _Strict(BaseModel):
@@ -41,6 +42,18 @@ class NetworkSpec(_Strict):
         True,
         description="mlp: add a linear path from the standardized inputs to the output (wide & deep): "
         "it learns fast from the first samples while the deep path catches up",
+    )
+    stateful: bool = Field(
+        False,
+        description="rnn only: one time step per call, with a hidden state kept per stream by the service "
+        "(input_shape [F]); false: each sample is a whole [T, F] sequence",
+    )
+    bptt: int = Field(
+        16,
+        ge=1,
+        le=MAX_BPTT,
+        description="stateful rnn: a labelled step learns by truncated backpropagation through the "
+        "stream's last bptt steps",
     )
     input_norm: Literal["online", "none"] = Field(
         "online",
@@ -69,6 +82,12 @@ class NormSpec(_Strict):
     ecm: Literal["ls", "ac"] | None = "ls"
     ls_eps: float = Field(1e-5, gt=0.0)
     clamp_val: float = Field(5.0, gt=0.0)
+    ls_group_size: int | None = Field(
+        None,
+        ge=1,
+        description="ecm 'ls': features per group whose RMS layer scaling divides by (as in the "
+        "authors' code); null: all of a layer's features form one group",
+    )
     warmup: bool = Field(True, description="exact running means for the first 1/(1-alpha_fwd) samples")
 
 
@@ -135,11 +154,20 @@ class ModelSpec(_Strict):
             if self.output_dim is not None and not 1 <= self.output_dim <= MAX_WIDTH:
                 raise ValueError(f"output_dim must be between 1 and {MAX_WIDTH} (got {self.output_dim})")
         kind = self.network_kind
-        rank = {"mlp": None, "rnn": 2, "cnn": 3}[kind]
+        if self.network.stateful and kind != "rnn":
+            raise ValueError(f"network.stateful is for rnn (got network.kind {kind!r})")
+        rank = {"mlp": None, "rnn": 1 if self.network.stateful else 2, "cnn": 3}[kind]
         if rank is not None and len(self.input_shape) != rank:
             raise ValueError(
                 f"network.kind {kind!r} needs input_shape of rank {rank} (got {self.input_shape})"
+                + (": a stateful rnn takes one time step [F] per call" if self.network.stateful else "")
             )
+        group = self.norm.ls_group_size
+        if group is not None:
+            widths = self.network.channels if kind == "cnn" else self.network.hidden
+            bad = [w for w in widths if w % group]
+            if bad:
+                raise ValueError(f"norm.ls_group_size {group} must divide every hidden width (not {bad})")
         return self
 
     @property
@@ -147,6 +175,8 @@ class ModelSpec(_Strict):
         """The network kind, inferred from the input rank when the spec leaves it out."""
         if self.network.kind is not None:
             return self.network.kind
+        if self.network.stateful:
+            return "rnn"
         return {1: "mlp", 2: "rnn", 3: "cnn"}[len(self.input_shape)]  # type: ignore[return-value]
 
     @property

@@ -84,6 +84,28 @@ class Settings(BaseSettings):
         "step's activations",
     )
 
+    LABEL_TTL_SECONDS: float = Field(
+        86400.0,
+        gt=0,
+        description="how long a prediction made with label_later waits for its label (404 after)",
+    )
+    MAX_PENDING_LABELS: int = Field(
+        100_000,
+        ge=1,
+        description="per model: most predictions waiting for a label; past it the oldest expire early",
+    )
+    STREAM_TTL_SECONDS: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="stateful rnn: a stream idle this long is forgotten (its next step starts afresh)",
+    )
+    MAX_STREAMS: int = Field(
+        10_000,
+        ge=1,
+        description="stateful rnn, per model: most live streams; a new stream past it evicts the "
+        "longest idle one",
+    )
+
     REPLICA_ID: str | None = Field(
         None,
         pattern=REPLICA_ID_PATTERN,

@@ -94,21 +94,37 @@ class NonFiniteBody(ErrorBody):
     )
 
 
+PREDICTION_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     x: list[Any]
+    label_later: bool = Field(
+        False,
+        description="keep the input and this prediction until its label arrives "
+        "(POST .../labels with the answer's prediction_id)",
+    )
+    prediction_id: str | None = Field(
+        None,
+        pattern=PREDICTION_ID_PATTERN,
+        description="your own id for the prediction (1-128 printable ASCII characters, unique per "
+        "model); implies label_later",
+    )
 
 
 class PredictResponse(BaseModel):
     prediction: PredictionValue
     probabilities: list[float] | None = Field(None, description="classification only")
     step: int = Field(description="the model's step the prediction was made at")
+    prediction_id: str | None = Field(None, description="label_later: the id to label it by")
 
 
 class PredictItem(BaseModel):
     prediction: PredictionValue
     probabilities: list[float] | None = None
+    prediction_id: str | None = Field(None, description="label_later: the id to label it by")
 
 
 class PredictBatchRequest(BaseModel):
