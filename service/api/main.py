@@ -3,11 +3,24 @@ in order, once per request."""
 
 from fastapi import FastAPI
 
-from service.api.routes import dashboard, health, history, learn, models, predict, stats, stream
+from service.api.routes import (
+    dashboard,
+    health,
+    history,
+    labels,
+    learn,
+    models,
+    predict,
+    stats,
+    stream,
+    streams,
+)
 
 ROUTERS = (
     learn.router,
     predict.router,
+    labels.router,
+    streams.router,
     stats.router,
     history.router,
     stream.router,
