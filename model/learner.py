@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from model import fast
+from model.fast.optim import UpdateGuard
 from model.layers import ActivationClamp, LayerScaling, OnlineNorm
 from model.metrics import PrequentialMetrics
 from model.networks import build_network, online_norm_layers, skip_parameters
@@ -55,6 +56,11 @@ class StepRolledBackError(Exception):
 
 class NonFiniteStepError(StepRolledBackError, ArithmeticError):
     """A step's loss or gradients were not finite; the learner was left as before."""
+
+
+class NonFinitePredictionError(ValueError):
+    """The network's output for this input is not finite (an input far outside what the
+    model has seen can overflow it): no prediction is made, nothing changes."""
 
 
 class StepFailedError(StepRolledBackError, RuntimeError):
@@ -146,6 +152,12 @@ def _non_finite(loss: float, grad_norm: float) -> NonFiniteStepError:
     return NonFiniteStepError(f"non-finite {what} ({value}); the step was rolled back")
 
 
+def _non_finite_weights() -> NonFiniteStepError:
+    return NonFiniteStepError(
+        "non-finite weights after the update (check lr and weight_decay); the step was rolled back"
+    )
+
+
 def _step_failed(exc: Exception) -> StepFailedError:
     return StepFailedError(f"the step failed ({type(exc).__name__}: {exc}); it was rolled back")
 
@@ -184,7 +196,10 @@ class OnlineLearner:
         self.network = build_network(self.spec).to(self.device)
         self._params = [p for p in self.network.parameters() if p.requires_grad]
         self.optimizer = _make_optimizer(self.spec, self.network)
+        self._guard = UpdateGuard(self._params, self.optimizer)
         reason = fast.unsupported_reason(self.spec, self.device)
+        if self.spec.network.stateful:  # model.fast has no stream step: route it here
+            reason = "a stateful rnn takes the eager stream step"
         if path == "fast" and reason is not None:
             raise ValueError(reason)
         if path not in ("auto", "fast", "eager"):
@@ -285,8 +300,17 @@ class OnlineLearner:
         return self.network(xb.to(self.device))
 
     def _decode(self, out: Tensor) -> list[Prediction]:
-        """Network outputs as predictions: classes with probabilities, or values."""
+        """Network outputs as predictions: classes with probabilities, or values.
+
+        Raises :class:`NonFinitePredictionError` rather than answer NaN or infinity."""
         out = out.detach().float().cpu()
+        finite = np.isfinite(out.numpy()).all(axis=1)
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
+            where = f" for sample {bad}" if out.shape[0] > 1 else ""
+            raise NonFinitePredictionError(
+                f"the model's output{where} is not finite: the input is too far outside what it can handle"
+            )
         if self._classify:
             labels = out.argmax(dim=1).tolist()  # the logits' argmax, as in training steps
             probs = torch.softmax(out, dim=1).tolist()
@@ -343,6 +367,13 @@ class OnlineLearner:
             torch._foreach_copy_(self._backup, self._state_buffers)
         return [_health_record(c) for c in self._health]
 
+    def _save_fast_norm_state(self) -> list[Tensor | None]:
+        """:meth:`_save_norm_state` for the fast step, which fills health records in place:
+        copies of them, which a rollback puts on the modules instead."""
+        if self._state_buffers:
+            torch._foreach_copy_(self._backup, self._state_buffers)
+        return [None if r is None else r.clone() for r in map(_health_record, self._health)]
+
     def _restore_norm_state(self, health: list[Tensor | None]) -> None:
         if self._state_buffers:
             torch._foreach_copy_(self._state_buffers, self._backup)
@@ -398,10 +429,16 @@ class OnlineLearner:
         else:
             prediction = self._decode(source)[0].prediction
             score = float((torch.as_tensor(prediction, dtype=torch.float32) - y).abs().mean())
+        self._guard.save()
         try:
             self.optimizer.step()
         except Exception as exc:
             raise _update_failed(exc) from exc
+        if not self._guard.finite():
+            self._guard.restore()
+            self._restore_norm_state(health)
+            self._clear_grads()
+            raise _non_finite_weights()
         self.step += 1
         self.metrics.update(loss_value, score)
         return LearnResult(step=self.step, loss=loss_value, prediction=prediction)
@@ -425,10 +462,16 @@ class OnlineLearner:
         else:
             prediction = float(out[0]) if out.shape[0] == 1 else out.tolist()
             score = float(np.abs(out - target).mean())
+        health = self._save_fast_norm_state()
+        self._guard.save()
         try:
             pending.apply()
         except Exception as exc:
             raise _update_failed(exc) from exc
+        if not self._guard.finite():
+            self._guard.restore()
+            self._restore_norm_state(health)
+            raise _non_finite_weights()
         self.step += 1
         self.metrics.update(loss_value, score)
         return LearnResult(step=self.step, loss=loss_value, prediction=prediction)

@@ -9,8 +9,10 @@ so the update is bit for bit the one ``optimizer.step()`` would make, and the op
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -36,6 +38,7 @@ class FusedUpdate:
         # optimizer's state is the same object (``load_state_dict`` replaces it).
         self._state_ref: Any = None
         self._lists: list[list[list[Tensor]]] = []
+        self._state_len = -1
 
     def _adam_state(self, p: Tensor) -> dict[str, Any]:
         """The state ``Adam._init_group`` creates lazily for a fused group."""
@@ -49,15 +52,18 @@ class FusedUpdate:
     def step(self, grads: list[list[Tensor]]) -> None:
         """Update every parameter; ``grads[g][i]`` is the gradient of group ``g``'s ``i``-th."""
         groups = self.optimizer.param_groups
-        if self._state_ref is not self.optimizer.state or len(self._lists) != len(groups):
+        state = self.optimizer.state
+        # gathered again after a load replaced the state, or a rollback deleted entries
+        if state is not self._state_ref or len(self._lists) != len(groups) or len(state) != self._state_len:
             self._lists = []
-            self._state_ref = self.optimizer.state
+            self._state_ref = state
         for i, (group, group_grads) in enumerate(zip(groups, grads, strict=True)):
             params: list[Tensor] = group["params"]
             if self._adam:
                 self._adam_group(i, group, params, group_grads)
             else:
                 self._sgd_group(i, group, params, group_grads)
+        self._state_len = len(state)
 
     def _adam_group(self, i: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         if i == len(self._lists):
@@ -116,3 +122,73 @@ class FusedUpdate:
                 state[p]["momentum_buffer"] = buf
         if i == len(self._lists):
             self._lists.append([buffers])
+
+
+class UpdateGuard:
+    """Undo an optimizer update whose weights came out non-finite, byte for byte.
+
+    A finite gradient can still give non-finite weights: ``weight_decay=1e308`` or a huge
+    learning rate overflows inside the update. Before each update :meth:`save` copies the
+    weights and the optimizer's state tensors aside (one ``_foreach_copy_``, into buffers
+    made once); after it, :meth:`finite` checks the weights and :meth:`restore` puts
+    everything back, deleting the state the update created lazily (a first step's
+    momentum buffers, Adam's moments), so ``state_dict`` is the one before the update.
+    Memory: one more copy of the weights and of the optimizer state.
+    """
+
+    def __init__(self, params: list[Tensor], optimizer: torch.optim.Optimizer) -> None:
+        self.params = params
+        self.optimizer = optimizer
+        self._cpu = all(p.device.type == "cpu" for p in params)
+        self._views = [p.detach().numpy().reshape(-1) for p in params] if self._cpu else []
+        self._state_ref: Any = None
+        self._state_len = -1
+        self._live: list[Tensor] = []
+        self._backup: list[Tensor] = []
+        self._keys: dict[int, set[str]] = {}  # id(param) -> state keys before the update
+
+    def _gather(self) -> None:
+        """The optimizer's state tensors and key sets, gathered again after the state's
+        structure changed (a first step, a load)."""
+        state = self.optimizer.state
+        self._state_ref, self._state_len = state, len(state)
+        self._keys = {id(p): set(state[p]) for p in self.params if p in state}
+        tensors = [t for p in self.params if p in state for t in state[p].values() if isinstance(t, Tensor)]
+        self._live = [*self.params, *tensors]
+        self._backup = [torch.empty_like(t) for t in self._live]
+
+    def save(self) -> None:
+        """Copy the weights and optimizer state aside; call right before the update."""
+        state = self.optimizer.state
+        if state is not self._state_ref or len(state) != self._state_len:
+            self._gather()
+        with torch.no_grad():
+            torch._foreach_copy_(self._backup, self._live)
+
+    def finite(self) -> bool:
+        """Whether every weight is finite. A sum of squares is one cheap pass, but it can
+        overflow for finite weights above ~1e19: only then are the weights checked exactly."""
+        with np.errstate(all="ignore"):
+            if self._cpu:
+                if math.isfinite(float(sum(float(np.dot(v, v)) for v in self._views))):
+                    return True
+                return all(bool(np.isfinite(v).all()) for v in self._views)
+        if bool(torch.stack(torch._foreach_norm(self.params)).isfinite().all()):
+            return True
+        return all(bool(torch.isfinite(p).all()) for p in self.params)
+
+    def restore(self) -> None:
+        """Put back what :meth:`save` copied and drop the state the update created."""
+        state = self.optimizer.state
+        for p in self.params:
+            if p not in state:
+                continue
+            before = self._keys.get(id(p))
+            if before is None:
+                del state[p]
+                continue
+            for key in [k for k in state[p] if k not in before]:
+                del state[p][key]
+        with torch.no_grad():
+            torch._foreach_copy_(self._live, self._backup)
+        self._gather()
