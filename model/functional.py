@@ -33,6 +33,12 @@ def state_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def compute_dtype(x: Tensor, mu: Tensor) -> torch.dtype:
+    """The dtype the statistics are computed in: float64 if the input or the state is
+    (a layer may keep float64 state for float32 inputs), else float32."""
+    return torch.float64 if x.dtype == torch.float64 or mu.dtype == torch.float64 else torch.float32
+
+
 def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
     """``t`` in ``dtype``; no dispatcher call in the common case where it already is."""
     return t if t.dtype == dtype else t.to(dtype)
@@ -115,7 +121,7 @@ def _normalize(
     equals the training output bit for bit (the learner returns the latter as its
     prediction).
     """
-    cdt = state_dtype(x)
+    cdt = compute_dtype(x, mu)
     nd = x.dim()
     c = _as(x, cdt) - _expand(_as(mu, cdt), nd)
     inv_s = torch.rsqrt(_as(var, cdt) + eps)
@@ -267,16 +273,24 @@ def _scan_statistics(
     dims = tuple(range(2, nd))
     size = xc[0, 0].numel()
     mean_s = _spatial_mean(xc, dims, size) if nd > 2 else xc
+    # The mean is scanned as the shift from the entering mean (compensated): the
+    # deviations are small where the values are not (offsets of 1e3, spread 1e-2), so
+    # the scan's products round relative to the spread, and the sum rounds once.
+    mu0 = _as(mu, cdt)
+    dev = mean_s - mu0
+    zero = torch.zeros_like(mu0)
     if isinstance(a, float):
-        mu_b, mu_last = linear_scan(a, mean_s, _as(mu, cdt), gain=1 - a)
+        dev_b, dev_last = linear_scan(a, dev, zero, gain=1 - a)
     else:
-        mu_b, mu_last = linear_scan(a, (1 - a) * mean_s, _as(mu, cdt))
-    centered = xc - _expand(mu_b, nd)
+        dev_b, dev_last = linear_scan(a, (1 - a) * dev, zero)
+    mu_last = dev_last.add_(mu0)
     if nd > 2:
-        d = mean_s.sub_(mu_b)  # mean_s is a fresh summary here
+        centered = xc - _expand(mu0 + dev_b, nd)
+        d = dev.sub_(dev_b)  # dev is a fresh summary here
         msq = _spatial_mean_square(centered, dims, size)
         var_in, gain = _variance_input(a, msq, d)
     else:
+        centered = dev.sub_(dev_b)  # x - mu_before, without rounding mu_before
         d = centered
         msq = centered * centered
         var_in, gain = _variance_input(a, msq, None)
@@ -353,7 +367,7 @@ class OnlineNormFunction(torch.autograd.Function):
         n = x.shape[0]
         seen = state.seen
         a = (
-            _forward_coefficient(state.alpha_fwd, n, seen, state_dtype(x))
+            _forward_coefficient(state.alpha_fwd, n, seen, compute_dtype(x, state.mu))
             if state.warmup
             else state.alpha_fwd
         )
@@ -374,7 +388,7 @@ class OnlineNormFunction(torch.autograd.Function):
                 ctx.saved = (c, inv_s, scale)
         else:
             ctx.mode = "scan"
-            xc = _as(x, state_dtype(x))
+            xc = _as(x, compute_dtype(x, state.mu))
             centered, d, msq, inv_s = _scan_statistics(xc, state.mu, state.var, a, state.eps)
             nd = x.dim()
             scale = inv_s if weight is None else inv_s * _as(weight, xc.dtype)
@@ -463,43 +477,75 @@ def online_norm(
 
 
 class LayerScalingFunction(torch.autograd.Function):
-    """``z = h / sqrt(mean(h^2) + eps)`` per sample, with its exact derivative.
+    """``z = h / sqrt(mean(h^2) + eps)`` per sample (or per group of channels), with its
+    exact derivative.
 
     One autograd node instead of five (pow, mean, add, rsqrt, mul): with
     ``r = (mean(h^2) + eps)**-1/2`` the derivative is ``dh = r * (dz - z * mean(dz * z))``,
     the same function autograd differentiates, in two passes over the activations.
     Also returns ``mean(h^2)`` (no gradient), the layer's health signal.
+
+    ``groups > 1`` splits the ``C`` channels into that many contiguous groups (the
+    authors' ``group_size = C / groups``); every mean is then over one group's channels
+    and spatial elements, so both formulas hold per group.
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, h: Tensor, eps: float):  # type: ignore[override]
-        dims = tuple(range(1, h.dim()))
-        size = h[0].numel()
+    def forward(ctx: torch.autograd.function.FunctionCtx, h: Tensor, eps: float, groups: int = 1):  # type: ignore[override]
+        hg = h if groups == 1 else h.reshape(h.shape[0], groups, -1)
+        dims = tuple(range(1, hg.dim())) if groups == 1 else (2,)
+        size = hg[0].numel() // groups
         # the RMS first, then its square: no overflow of the sum of squares in half precision
-        mean_sq = torch.linalg.vector_norm(h, 2, dims, keepdim=True).div_(size**0.5).square_()
+        mean_sq = torch.linalg.vector_norm(hg, 2, dims, keepdim=True).div_(size**0.5).square_()
         r = torch.rsqrt(mean_sq + eps)
-        z = h * r
+        z = hg * r
         ctx.save_for_backward(z, r)
+        ctx.groups = groups
+        if groups == 1:
+            ctx.mark_non_differentiable(mean_sq)
+            return z, mean_sq
+        mean_sq = mean_sq.view(h.shape[0], groups)
         ctx.mark_non_differentiable(mean_sq)
-        return z, mean_sq
+        return z.view(h.shape), mean_sq
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, dz: Tensor, _dmean_sq: Tensor):  # type: ignore[override]
         z, r = ctx.saved_tensors
-        dims = tuple(range(1, z.dim()))
+        groups = ctx.groups
+        shape = dz.shape
+        if groups > 1:
+            dz = dz.reshape(z.shape)
+        dims = tuple(range(1, z.dim())) if groups == 1 else (2,)
         buf = dz * z  # reused for the result: one large allocation
         proj = buf.mean(dims, keepdim=True)
         dh = torch.addcmul(dz, z, proj, value=-1, out=buf)
-        return dh.mul_(r), None
+        dh.mul_(r)
+        return (dh if groups == 1 else dh.view(shape)), None, None
 
 
-def layer_scaling(h: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
-    """Per-sample ``h / sqrt(mean(h^2) + eps)``, mean over every non-batch element.
+def ls_groups(num_features: int, group_size: int | None) -> int:
+    """How many groups of ``group_size`` channels layer scaling divides ``num_features`` into.
 
-    Returns ``(scaled, mean_sq)``: ``mean_sq`` ``(N, 1, ...)`` is the mean square before
-    scaling; its root is 1 when the normalizer's estimates are right (a health signal).
+    ``None`` (or the authors' ``-1``) is one group of all channels.
     """
-    return LayerScalingFunction.apply(h, eps)
+    if group_size is None or group_size == -1:
+        return 1
+    if group_size < 1 or num_features % group_size:
+        raise ValueError(
+            f"group_size must be a positive divisor of the {num_features} channels (got {group_size})"
+        )
+    return num_features // group_size
+
+
+def layer_scaling(h: Tensor, eps: float = 1e-5, group_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Per-sample ``h / sqrt(mean(h^2) + eps)``, mean over every non-batch element, or
+    over each group of ``group_size`` contiguous channels (and their spatial elements).
+
+    Returns ``(scaled, mean_sq)``: ``mean_sq`` is the mean square before scaling,
+    ``(N, 1, ...)`` for one group and ``(N, groups)`` for several; its root is 1 when the
+    normalizer's estimates are right (a health signal).
+    """
+    return LayerScalingFunction.apply(h, eps, ls_groups(h.shape[1], group_size))
 
 
 def activation_clamp(h: Tensor, clamp_val: float = 5.0) -> Tensor:

@@ -19,15 +19,23 @@ _STATE = ("mu", "var", "u", "v")
 
 
 class LayerScaling(nn.Module):
-    """Scale each sample to unit RMS over all its non-batch elements (ECM ``"ls"``)."""
+    """Scale each sample to unit RMS over all its non-batch elements (ECM ``"ls"``).
 
-    def __init__(self, eps: float = 1e-5) -> None:
+    ``group_size``: scale each group of that many contiguous channels (with their
+    spatial elements) by its own RMS instead, as the authors' code can; ``None`` is one
+    group of all channels. It must divide the channel count of every input.
+    """
+
+    def __init__(self, eps: float = 1e-5, group_size: int | None = None) -> None:
         super().__init__()
+        if group_size is not None and group_size < 1:
+            raise ValueError(f"group_size must be a positive integer or None (got {group_size})")
         self.eps = eps
+        self.group_size = group_size
         self.last_mean_sq: Tensor | None = None
 
     def forward(self, h: Tensor) -> Tensor:
-        out, mean_sq = F.layer_scaling(h, self.eps)
+        out, mean_sq = F.layer_scaling(h, self.eps, self.group_size)
         if self.training:  # the health signal follows training steps, not predictions
             self.last_mean_sq = mean_sq.detach()
         return out
@@ -39,7 +47,7 @@ class LayerScaling(nn.Module):
         return float(self.last_mean_sq.sqrt().mean())
 
     def extra_repr(self) -> str:
-        return f"eps={self.eps}"
+        return f"eps={self.eps}" + ("" if self.group_size is None else f", group_size={self.group_size}")
 
 
 class ActivationClamp(nn.Module):
@@ -83,6 +91,13 @@ class OnlineNorm(nn.Module):
         warmup: start from the prior ``(mu=0, var=1)`` weighted as one sample and decay
             with ``min(alpha_fwd, (t+1)/(t+2))``, so early estimates are exact running
             means. Off by default: the paper's behaviour.
+        ls_group_size: with ``ecm="ls"``, scale each group of that many contiguous
+            channels by its own RMS (the authors' ``group_size``); ``None``: one group.
+        state_dtype: dtype of ``mu``, ``var``, ``u``, ``v``. ``None``: float64 for a
+            float64 module, else float32. ``torch.float64`` keeps float64 state (and
+            computes the statistics in float64) for float32 or half inputs, and keeps
+            it through casts: for raw features far from zero with a small spread,
+            where any float32 state drifts to ~1e-4..1e-3 relative error.
     """
 
     _min_dim = 2
@@ -101,6 +116,9 @@ class OnlineNorm(nn.Module):
         warmup: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        ls_group_size: int | None = None,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if num_features < 1:
@@ -113,6 +131,10 @@ class OnlineNorm(nn.Module):
                 raise ValueError(f"{name} must be positive and finite (got {value})")
         if ecm not in ("ls", "ac", None):
             raise ValueError(f"ecm must be 'ls', 'ac' or None (got {ecm!r})")
+        if state_dtype not in (None, torch.float32, torch.float64):
+            raise ValueError(f"state_dtype must be torch.float32, torch.float64 or None (got {state_dtype})")
+        if ls_group_size is not None:
+            F.ls_groups(num_features, ls_group_size)  # raises unless it divides num_features
         self.num_features = num_features
         self.alpha_fwd = float(alpha_fwd)
         self.alpha_bkw = float(alpha_bkw)
@@ -120,7 +142,11 @@ class OnlineNorm(nn.Module):
         self.affine = affine
         self.ecm = ecm
         self.warmup = warmup
-        state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        self.ls_group_size = ls_group_size
+        #: an explicit state dtype, kept through casts (``None``: follow the module's)
+        self.fixed_state_dtype = state_dtype
+        if state_dtype is None:
+            state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         factory = {"device": device, "dtype": state_dtype}
         for name in _STATE:
             self.register_buffer(name, torch.empty(num_features, **factory))
@@ -133,7 +159,7 @@ class OnlineNorm(nn.Module):
             self.register_parameter("bias", None)
         self.compensation: nn.Module
         if ecm == "ls":
-            self.compensation = LayerScaling(ls_eps)
+            self.compensation = LayerScaling(ls_eps, ls_group_size)
         elif ecm == "ac":
             self.compensation = ActivationClamp(clamp_val)
         else:
@@ -205,9 +231,12 @@ class OnlineNorm(nn.Module):
         """
         kept = {name: getattr(self, name) for name in _STATE}
         super()._apply(fn, recurse)
+        fixed = self.fixed_state_dtype
         for name, old in kept.items():
             buf = getattr(self, name)
-            if buf.dtype in (torch.float16, torch.bfloat16):
+            if fixed is not None and buf.dtype != fixed:
+                setattr(self, name, old.to(device=buf.device, dtype=fixed))
+            elif buf.dtype in (torch.float16, torch.bfloat16):
                 setattr(self, name, old.to(device=buf.device, dtype=torch.float32))
         return self
 
@@ -215,6 +244,8 @@ class OnlineNorm(nn.Module):
         return (
             f"{self.num_features}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, "
             f"eps={self.eps}, affine={self.affine}, ecm={self.ecm!r}, warmup={self.warmup}"
+            + ("" if self.ls_group_size is None else f", ls_group_size={self.ls_group_size}")
+            + ("" if self.fixed_state_dtype is None else f", state_dtype={self.fixed_state_dtype}")
         )
 
 

@@ -30,6 +30,7 @@ def make_norm(norm: NormSpec, num_features: int, spatial: bool) -> nn.Module:
             ls_eps=norm.ls_eps,
             clamp_val=norm.clamp_val,
             warmup=norm.warmup,
+            ls_group_size=norm.ls_group_size if norm.ecm == "ls" else None,
         )
     if norm.kind == "layer":
         return (

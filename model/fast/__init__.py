@@ -9,7 +9,8 @@ Covered, on CPU: ``mlp`` with every option of its spec (input standardizer, ON w
 layer scaling, clamping or none, LayerNorm, no norm, the skip path, SGD and Adam, weight
 decay, clipping, classification and regression), ``rnn`` and ``cnn`` with ON or no
 norm (the cnn's step in torch operations without the tape, :mod:`model.fast.cnn`).
-Everything else (LayerNorm in an rnn or cnn, any GPU) takes the eager autograd step,
+Everything else (LayerNorm in an rnn or cnn, grouped layer scaling, stateful rnns, any
+GPU) takes the eager autograd step,
 which also stays the reference the fast path is tested against.
 """
 
@@ -32,6 +33,10 @@ __all__ = ["CNNStep", "FastStep", "MLPStep", "Pending", "RNNStep", "build", "uns
 def unsupported_reason(spec: ModelSpec, device: torch.device) -> str | None:
     """Why ``spec`` on ``device`` takes the eager step, or ``None`` if the fast one covers it."""
     kind = spec.network_kind
+    if spec.network.stateful:
+        return "a stateful rnn steps through its own streaming model (model.stream), not a fast step"
+    if spec.norm.kind == "online" and spec.norm.ecm == "ls" and spec.norm.ls_group_size is not None:
+        return "grouped layer scaling (norm.ls_group_size) runs on the eager step only"
     if kind != "mlp" and spec.norm.kind == "layer":
         return f"the fast {kind} step covers online or no normalization, not layer"
     if device.type != "cpu":

@@ -32,17 +32,30 @@ def _var_s(t: Array) -> Array:
     return ((flat - flat.mean(axis=1, keepdims=True)) ** 2).mean(axis=1)
 
 
-def layer_scaling_forward(h: Array, eps: float) -> Array:
-    """ECM "ls" of one sample: ``h / sqrt(mean(h^2) + eps)``, mean over all of ``(C, *S)``."""
+def layer_scaling_forward(h: Array, eps: float, group_size: int | None = None) -> Array:
+    """ECM "ls" of one sample: ``h / sqrt(mean(h^2) + eps)``, mean over all of ``(C, *S)``,
+    or over each group of ``group_size`` consecutive channels (with their ``S``)."""
+    if group_size is not None:
+        return np.concatenate(
+            [layer_scaling_forward(h[g : g + group_size], eps) for g in range(0, h.shape[0], group_size)]
+        )
     return h / np.sqrt(np.mean(h * h) + eps)
 
 
-def layer_scaling_backward(h: Array, grad: Array, eps: float) -> Array:
+def layer_scaling_backward(h: Array, grad: Array, eps: float, group_size: int | None = None) -> Array:
     """Hand-derived gradient of :func:`layer_scaling_forward` w.r.t. ``h``.
 
     With ``r = sqrt(mean(h^2) + eps)`` and ``P`` elements, ``dz_j/dh_i = delta_ij / r
-    - h_i h_j / (P r^3)``, so ``dh = grad / r - h * sum(grad * h) / (P r^3)``.
+    - h_i h_j / (P r^3)``, so ``dh = grad / r - h * sum(grad * h) / (P r^3)``. Groups
+    are independent: the formula holds per group.
     """
+    if group_size is not None:
+        return np.concatenate(
+            [
+                layer_scaling_backward(h[g : g + group_size], grad[g : g + group_size], eps)
+                for g in range(0, h.shape[0], group_size)
+            ]
+        )
     r = np.sqrt(np.mean(h * h) + eps)
     return grad / r - h * np.sum(grad * h) / (h.size * r**3)
 
@@ -81,8 +94,10 @@ class OnlineNormOracle:
         ls_eps: float = 1e-5,
         clamp_val: float = 5.0,
         warmup: bool = False,
+        ls_group_size: int | None = None,
     ) -> None:
         self.num_features = num_features
+        self.ls_group_size = ls_group_size
         self.alpha_fwd = alpha_fwd
         self.alpha_bkw = alpha_bkw
         self.eps = eps
@@ -116,7 +131,7 @@ class OnlineNormOracle:
 
     def _ecm(self, h: Array) -> Array:
         if self.ecm == "ls":
-            return layer_scaling_forward(h, self.ls_eps)
+            return layer_scaling_forward(h, self.ls_eps, self.ls_group_size)
         if self.ecm == "ac":
             return activation_clamp_forward(h, self.clamp_val)
         assert self.ecm is None
@@ -124,7 +139,7 @@ class OnlineNormOracle:
 
     def _ecm_backward(self, h: Array, grad: Array) -> Array:
         if self.ecm == "ls":
-            return layer_scaling_backward(h, grad, self.ls_eps)
+            return layer_scaling_backward(h, grad, self.ls_eps, self.ls_group_size)
         if self.ecm == "ac":
             return activation_clamp_backward(h, grad, self.clamp_val)
         return grad

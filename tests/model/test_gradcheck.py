@@ -102,3 +102,19 @@ def test_online_norm_eval_gradcheck(layout: str) -> None:
         return online_norm(xx, mu, var, u, v, weight, bias, training=False, eps=1e-5)
 
     assert gradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize(
+    ("shape", "group_size"),
+    [((4, 6), 2), ((4, 6), 3), ((2, 6, 5), 2), ((2, 4, 2, 3), 2), ((3, 4, 2, 2), 1)],
+    ids=["NC-g2", "NC-g3", "NCL-g2", "NCHW-g2", "NCHW-g1"],
+)
+def test_grouped_layer_scaling_gradcheck(shape: tuple[int, ...], group_size: int) -> None:
+    """Grouped layer scaling (the authors' ``group_size``): its exact derivative, also
+    through a non-contiguous input, checked against finite differences."""
+    gen = torch.Generator().manual_seed(2)
+    h = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 0.5).requires_grad_(True)
+    assert gradcheck(lambda t: layer_scaling(t, 1e-5, group_size)[0], (h,))
+    assert gradcheck(LayerScaling(eps=1e-3, group_size=group_size), (h,))
+    wide = (torch.randn(shape[::-1], generator=gen, dtype=torch.float64)).requires_grad_(True)
+    assert gradcheck(lambda t: layer_scaling(t.transpose(0, -1), 1e-5, group_size)[0], (wide,))

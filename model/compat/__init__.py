@@ -1,0 +1,1 @@
+"""Compatibility layers for other Online Normalization packages (our own API is unchanged)."""
