@@ -7,10 +7,13 @@ records, so they reach the same state and answer every request the same way:
 * a ``sync`` entry changes nothing (the owner answers it with a snapshot);
 * a learn whose ``Idempotency-Key`` is remembered at the entry's log time is answered
   from its record (or refused, if the key came with other samples) and not applied;
+* a ``dup`` labels entry (labels already taken, sent again with the same key) whose key
+  has no record is refused (409): it is never applied;
 * any other learn is applied, one step per sample; a step that is not finite or that
   raises is rolled back with the samples after it. Such a rollback is recorded in the
   log; replay applies exactly the samples the record says, whether or not the failure
-  would happen again.
+  would happen again. A labels entry is scored against the predictions that were
+  served, not against what the model predicts now.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import orjson
 
 from service.answers import Answer
-from service.errors import InvalidInputError
+from service.errors import ConflictError, InvalidInputError
 from service.idempotency import IdempotencyRecords, Record, fingerprint
 from service.live import LiveModel, Outcome
 from service.store.log import SYNC, LogEntry, Rollback
@@ -58,7 +61,7 @@ def apply_entry(
     if key is not None:
         record = records.lookup(key, entry.time_ms)
         if record is not None:
-            if record.matches(entry.kind, entry.samples_json):
+            if record.matches(entry.kind, entry.fingerprinted):
                 return Applied(entry, Answer(record.outcome, replayed=True))
             return Applied(
                 entry,
@@ -68,9 +71,11 @@ def apply_entry(
                     )
                 ),
             )
+    if entry.dup:
+        return Applied(entry, Answer(error=ConflictError("these predictions were labelled already")))
     outcome, rollback = _learn(model, entry, recorded, xs, ys)
     if key is not None:
-        records.put(key, Record(entry.id, fingerprint(entry.kind, entry.samples_json), outcome))
+        records.put(key, Record(entry.id, fingerprint(entry.kind, entry.fingerprinted), outcome))
     return Applied(entry, Answer(outcome), rollback)
 
 
@@ -80,9 +85,11 @@ def _learn(
     try:
         if xs is None or ys is None:
             xs, ys = _samples(entry)
+        served = orjson.loads(entry.served) or None
         if recorded is not None:
             xs, ys = xs[: recorded.applied], ys[: recorded.applied]
-        outcome = model.apply(entry.kind, xs, ys, entry.time_ms / 1000.0)
+            served = served[: recorded.applied] if served is not None else None
+        outcome = model.apply(entry.kind, xs, ys, entry.time_ms / 1000.0, served)
     except (ValueError, TypeError, IndexError) as exc:  # samples this spec refuses: nothing applied
         error = f"log entry {entry.id} cannot be applied to this model ({exc}); it was skipped"
         return Outcome(entry.kind, model.step, [], error, 0), Rollback(0, error)

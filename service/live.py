@@ -8,13 +8,17 @@ or after a step, never in the middle of one.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from model.learner import LearnResult, OnlineLearner, Prediction, StepRolledBackError
+from model.metrics import PrequentialMetrics
 from model.spec import ModelSpec
 
 
@@ -112,20 +116,59 @@ class LiveModel:
         return self._layers
 
     # Everything below blocks (torch work): call it from a worker thread.
-    def apply(self, kind: str, xs: Sequence[Any], ys: Sequence[Any], at: float) -> Outcome:
+    def apply(
+        self,
+        kind: str,
+        xs: Sequence[Any],
+        ys: Sequence[Any],
+        at: float,
+        served: Sequence[dict[str, Any]] | None = None,
+    ) -> Outcome:
         """One optimizer step per sample, in order; stops at a step that is not finite or
         that raises, which is rolled back (the samples before it stay applied). ``at`` is
         the request's log time: every replica that applies it records the same time.
+        ``served``: for labels, what each prediction answered when it was made; the
+        metrics score it and the answer repeats it.
         ``LearnerCorruptedError`` (the update itself failed) propagates: rebuild the model."""
         with self.lock:
+            before = dataclasses.replace(self.learner.metrics)
             try:
                 results = self.learner.learn_many(xs, ys)
-                outcome = Outcome(kind, self.learner.step, results)
+                error, index = None, None
             except StepRolledBackError as exc:
-                outcome = Outcome(kind, self.learner.step, exc.results, str(exc), exc.index)
+                results, error, index = exc.results, str(exc), exc.index
+            if served is not None:
+                results = self._rescore(before, results, served, ys)
+            outcome = Outcome(kind, self.learner.step, results, error, index)
         if outcome.results:
             self.updated_at = at
         return outcome
+
+    def _rescore(
+        self,
+        before: PrequentialMetrics,
+        results: list[LearnResult],
+        served: Sequence[dict[str, Any]],
+        ys: Sequence[Any],
+    ) -> list[LearnResult]:
+        """Score the served predictions instead of the ones the steps made: the metrics
+        go back to ``before`` and take each step's loss with the served prediction's
+        score; the results report the served predictions."""
+        metrics = self.learner.metrics
+        for f in dataclasses.fields(metrics):
+            setattr(metrics, f.name, getattr(before, f.name))
+        classify = self.spec.task == "classification"
+        out = []
+        for r, s, y in zip(results, served, ys, strict=False):
+            prediction = s["prediction"]
+            if classify:
+                score = float(prediction == y)
+            else:
+                diff = np.asarray(prediction, dtype=np.float32) - np.asarray(y, dtype=np.float32)
+                score = float(np.abs(diff).mean())
+            metrics.update(r.loss, score)
+            out.append(LearnResult(step=r.step, loss=r.loss, prediction=prediction))
+        return out
 
     def load_state(self, data: bytes, updated_at: float | None) -> None:
         """Replace the whole learner state (a snapshot), in place."""

@@ -23,6 +23,7 @@ from service.answers import Answer
 from service.config import Settings
 from service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError, UnavailableError
 from service.follower import FollowerCopy
+from service.label_telemetry import label_telemetry
 from service.live import LiveModel
 from service.remote import RemoteLearns
 from service.store import catalog, events, log, snapshots
@@ -310,6 +311,7 @@ class Registry:
         await self._close(handle, error)
         self.telemetry.models.set(len(self._handles))
         self.telemetry.watch.forget_model(name)
+        label_telemetry(self.telemetry).remove(name)
 
     async def _close(self, handle: ModelHandle, error: ServiceError) -> None:
         if handle.writer is not None:

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from service.answers import Answer, SyncReply
 from service.errors import GatewayTimeoutError, ServiceError, UnavailableError
-from service.store import log, results
+from service.store import log, pending, results
 from service.store.connection import UNREACHABLE, RedisHealth
 from service.writer import LearnJob
 
@@ -72,6 +72,39 @@ class RemoteLearns:
         fields = log.learn_fields(job.samples_json, job.kind, job.idempotency_key, self.replica, job.req)
         return await self._request(job.req, fields)
 
+    async def labels(
+        self,
+        kind: str,
+        labels: list[tuple[str, bytes]],
+        request_json: bytes,
+        idempotency_key: str | None,
+        ttl_seconds: float,
+        on_taken: Callable[[pending.Taken], None],
+    ) -> Answer:
+        """Turn labels of pending predictions into a learn entry (any replica, the owner
+        included: the entry reaches the writer through its bell) and wait for its answer.
+        Raises :class:`~service.store.pending.LabelRefusedError` when one cannot be taken."""
+        req = log.new_req()
+        fields = log.label_fields(kind, request_json, self.replica, req)
+
+        async def append() -> tuple[str, str | None] | None:
+            taken = await pending.take_labels(
+                self.redis,
+                self.prefix,
+                self.name,
+                self.incarnation,
+                labels,
+                ttl_seconds,
+                idempotency_key,
+                fields,
+            )
+            if taken is None:
+                return None
+            on_taken(taken)
+            return taken.entry_id, taken.holder
+
+        return await self._request(req, append)
+
     async def sync(self) -> SyncReply:
         """Ask the owner for its current state: the snapshot it answers with includes
         every entry logged before this call."""
@@ -81,7 +114,11 @@ class RemoteLearns:
             raise UnavailableError(f"model {self.name!r}: the owner did not answer a sync")
         return answer.sync
 
-    async def _request(self, req: str, fields: dict[bytes, bytes]) -> Answer:
+    async def _request(
+        self,
+        req: str,
+        entry: dict[bytes, bytes] | Callable[[], Awaitable[tuple[str, str | None] | None]],
+    ) -> Answer:
         if self._closed is not None:
             raise self._closed
         if not self.health.up:
@@ -90,9 +127,12 @@ class RemoteLearns:
         try:
             await self._ensure_tail()
             try:
-                appended = await log.append_remote(
-                    self.redis, self.prefix, self.name, self.incarnation, fields
-                )
+                if callable(entry):
+                    appended = await entry()
+                else:
+                    appended = await log.append_remote(
+                        self.redis, self.prefix, self.name, self.incarnation, entry
+                    )
             except UNREACHABLE as exc:
                 self.health.mark_down(exc)
                 raise UnavailableError(

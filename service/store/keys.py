@@ -104,6 +104,45 @@ def bell_key(p: str, name: str) -> str:
     return f"{_model(p, name)}:bell"
 
 
+def pending_key(p: str, name: str) -> str:
+    """Hash: per prediction made with ``label_later``, ``x:<id>`` (its input, JSON) and
+    ``p:<id>`` (what was served: prediction, probabilities, step; JSON)."""
+    return f"{_model(p, name)}:pending"
+
+
+def pending_at_key(p: str, name: str) -> str:
+    """Sorted set: pending prediction id -> when it was made (ms, Redis clock): expiry
+    and the bound evict by it."""
+    return f"{_model(p, name)}:pending_at"
+
+
+def labelled_key(p: str, name: str) -> str:
+    """Sorted set: labelled prediction id -> when it was made (ms), kept as long as it
+    could have stayed pending, so a second label is told 409 rather than 404."""
+    return f"{_model(p, name)}:labelled"
+
+
+def label_counts_key(p: str, name: str) -> str:
+    """Hash: counters ``labelled``, ``expired``, ``evicted`` of delayed labels."""
+    return f"{_model(p, name)}:label_counts"
+
+
+def label_delays_key(p: str, name: str) -> str:
+    """List, capped: the latest label delays (ms from prediction to label), newest first."""
+    return f"{_model(p, name)}:label_delays"
+
+
+def label_keys(p: str, name: str) -> list[str]:
+    """The keys of delayed labels, in the order the label scripts take them."""
+    return [
+        pending_key(p, name),
+        pending_at_key(p, name),
+        labelled_key(p, name),
+        label_counts_key(p, name),
+        label_delays_key(p, name),
+    ]
+
+
 def model_keys(p: str, name: str, layers: list[str]) -> list[str]:
     """All keys one model owns, meta first (for creation and deletion)."""
     return [
@@ -116,6 +155,7 @@ def model_keys(p: str, name: str, layers: list[str]) -> list[str]:
         idempotency_key(p, name),
         results_key(p, name),
         bell_key(p, name),
+        *label_keys(p, name),
         *(norm_key(p, name, layer) for layer in layers),
     ]
 

@@ -8,6 +8,11 @@ Entries:
   ``batch``: the shape of its answer), its ``Idempotency-Key`` if any, the replica that
   appended it (``origin``) and a nonce (``req``) under which the owner publishes its
   outcome for whoever waits on it.
+  A learn made of labels (``label``/``labels``: predictions made with ``label_later``)
+  carries the stored inputs in ``samples`` like any other, plus ``served`` (what each
+  prediction answered, which the metrics score) and ``request`` (the labels as sent,
+  ``[[prediction_id, y], ...]``, which an Idempotency-Key's record fingerprints); a
+  ``dup`` one repeats labels already taken, to be answered from that record alone.
 * ``sync``: a no-op a replica appends when it needs the owner's current state; the
   owner answers it with a fresh snapshot.
 * ``rollback``: an earlier learn entry applied only its first ``applied`` samples (a
@@ -48,6 +53,15 @@ class LogEntry:
     idempotency_key: str | None
     origin: str
     req: str
+    served: bytes = b"[]"
+    request: bytes = b""
+    dup: bool = False
+
+    @property
+    def fingerprinted(self) -> bytes:
+        """What an Idempotency-Key's record is matched against: a label request's labels,
+        any other learn's samples."""
+        return self.request or self.samples_json
 
     @property
     def samples(self) -> list[Any]:
@@ -102,6 +116,18 @@ def learn_fields(
     return fields
 
 
+def label_fields(kind: str, request_json: bytes, origin: str, req: str) -> dict[bytes, bytes]:
+    """The fields of a labels entry other than those the label script adds (``samples``,
+    ``served``, ``ikey``, ``dup``)."""
+    return {
+        b"op": LEARN,
+        b"kind": kind.encode(),
+        b"request": request_json,
+        b"origin": origin.encode(),
+        b"req": req.encode(),
+    }
+
+
 def sync_fields(origin: str, req: str) -> dict[bytes, bytes]:
     return {b"op": SYNC, b"origin": origin.encode(), b"req": req.encode()}
 
@@ -128,6 +154,9 @@ def entry_from_fields(entry_id: str, fields: dict[bytes, bytes]) -> LogEntry | t
             idempotency_key=ikey.decode() if ikey is not None else None,
             origin=fields.get(b"origin", b"").decode(),
             req=fields.get(b"req", b"").decode(),
+            served=fields.get(b"served", b"[]"),
+            request=fields.get(b"request", b""),
+            dup=fields.get(b"dup") == b"1",
         )
     if op == ROLLBACK:
         rollback = Rollback(applied=int(fields[b"applied"]), error=fields.get(b"error", b"").decode())

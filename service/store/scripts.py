@@ -153,6 +153,160 @@ local holder = redis.call('HGET', KEYS[3], 'replica')
 return {id, snap or '', holder or ''}
 """
 
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# Pending predictions (label_later): KEYS[1] meta, then the keys of keys.label_keys:
+# KEYS[2] pending hash (x:<id>, p:<id>), KEYS[3] pending_at zset, KEYS[4] labelled zset,
+# KEYS[5] counters hash, KEYS[6] delays list.
+_PRUNE = """
+-- Forget (at most 256 of) the predictions whose wait expired, and old labelled ids.
+local function prune(now, ttl)
+  local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - ttl, 'LIMIT', 0, 256)
+  for _, id in ipairs(old) do
+    redis.call('HDEL', KEYS[2], 'x:' .. id, 'p:' .. id)
+    redis.call('ZREM', KEYS[3], id)
+  end
+  if #old > 0 then redis.call('HINCRBY', KEYS[5], 'expired', #old) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - ttl)
+  return #old
+end
+"""
+
+REMEMBER = (
+    """
+-- Keep predictions until their labels arrive. ARGV[1]: incarnation, ARGV[2]: wait (ms),
+--   ARGV[3]: most pending per model, ARGV[4..]: per prediction its id, its input (JSON)
+--   and what was served (JSON).
+-- Returns {'ok', pending, expired, evicted} (counts after the call, and of this call),
+--   {'exists', index} when an id is pending or labelled already (or
+--   twice in the call: nothing is kept), or false when the model is gone. Past the bound
+--   the oldest pending predictions are evicted (counted).
+if redis.call('HGET', KEYS[1], 'inc') ~= ARGV[1] then return false end
+"""
+    + _NOW
+    + _PRUNE
+    + """
+local ttl, bound = tonumber(ARGV[2]), tonumber(ARGV[3])
+local expired = prune(now, ttl)
+local seen = {}
+local n = 0
+for i = 4, #ARGV, 3 do
+  local id = ARGV[i]
+  local pending = tonumber(redis.call('ZSCORE', KEYS[3], id))
+  local labelled = tonumber(redis.call('ZSCORE', KEYS[4], id))
+  if seen[id] or (pending and pending > now - ttl) or (labelled and labelled > now - ttl) then
+    return {'exists', n}
+  end
+  seen[id] = true
+  n = n + 1
+end
+for i = 4, #ARGV, 3 do
+  local id = ARGV[i]
+  redis.call('HSET', KEYS[2], 'x:' .. id, ARGV[i + 1], 'p:' .. id, ARGV[i + 2])
+  redis.call('ZADD', KEYS[3], now, id)
+end
+local over = redis.call('ZCARD', KEYS[3]) - bound
+if over > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[3], over)
+  for j = 1, #popped, 2 do redis.call('HDEL', KEYS[2], 'x:' .. popped[j], 'p:' .. popped[j]) end
+  redis.call('HINCRBY', KEYS[5], 'evicted', over)
+else
+  over = 0
+end
+return {'ok', redis.call('ZCARD', KEYS[3]), expired, over}
+"""
+)
+
+TAKE_LABELS = (
+    """
+-- Turn labels of pending predictions into one learn entry of the log (as APPEND does:
+-- the entry, then the bell), atomically with marking the predictions labelled.
+-- KEYS[7]: log, KEYS[8]: bell, KEYS[9]: lease.
+-- ARGV[1]: incarnation, ARGV[2]: wait (ms), ARGV[3]: most bell items, ARGV[4]: most
+--   delays kept, ARGV[5]: the Idempotency-Key ('' for none), ARGV[6]: the entry's other
+--   field/value pairs as a JSON object, ARGV[7..]: per label its prediction id and y (JSON).
+-- Returns {'ok', entry id, lease holder or false, pending, expired, delays (ms)...};
+--   {why, index} for the first label that
+--   cannot be taken (why: 'unknown', 'expired', 'labelled', 'duplicate'; nothing is
+--   taken); false when the model is gone. When every refused label was 'labelled' and
+--   an Idempotency-Key came with them, a 'dup' entry is logged instead, for the owner to
+--   answer from the key's record: {'dup', entry id, holder}.
+if redis.call('HGET', KEYS[1], 'inc') ~= ARGV[1] then return false end
+"""
+    + _NOW
+    + _PRUNE
+    + """
+local ttl = tonumber(ARGV[2])
+local delays = {}
+local first, all_labelled = nil, true
+local seen = {}
+local index = 0
+for i = 7, #ARGV, 2 do
+  local id = ARGV[i]
+  local why = nil
+  local at = tonumber(redis.call('ZSCORE', KEYS[3], id))
+  if seen[id] then
+    why = 'duplicate'
+  elseif at and at <= now - ttl then
+    why = 'expired'
+  elseif not at then
+    local labelled = tonumber(redis.call('ZSCORE', KEYS[4], id))
+    why = (labelled and labelled > now - ttl) and 'labelled' or 'unknown'
+  end
+  seen[id] = true
+  if why then
+    if not first then first = {why, index} end
+    if why ~= 'labelled' then all_labelled = false end
+  end
+  index = index + 1
+end
+local expired = prune(now, ttl)  -- after the checks, which tell expired ids apart
+local fields = cjson.decode(ARGV[6])
+local entry = {}
+for k, v in pairs(fields) do entry[#entry + 1] = k; entry[#entry + 1] = v end
+if ARGV[5] ~= '' then entry[#entry + 1] = 'ikey'; entry[#entry + 1] = ARGV[5] end
+local status = 'ok'
+if first then
+  if not (all_labelled and ARGV[5] ~= '') then return first end
+  status = 'dup'
+  entry[#entry + 1] = 'dup'; entry[#entry + 1] = '1'
+  entry[#entry + 1] = 'samples'; entry[#entry + 1] = '[]'
+  entry[#entry + 1] = 'served'; entry[#entry + 1] = '[]'
+else
+  local samples, served = {}, {}
+  for i = 7, #ARGV, 2 do
+    local id = ARGV[i]
+    local at = tonumber(redis.call('ZSCORE', KEYS[3], id))
+    samples[#samples + 1] = '[' .. redis.call('HGET', KEYS[2], 'x:' .. id) .. ',' .. ARGV[i + 1] .. ']'
+    served[#served + 1] = redis.call('HGET', KEYS[2], 'p:' .. id)
+    redis.call('HDEL', KEYS[2], 'x:' .. id, 'p:' .. id)
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('ZADD', KEYS[4], at, id)
+    redis.call('LPUSH', KEYS[6], now - at)
+    delays[#delays + 1] = now - at
+  end
+  redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[4]) - 1)
+  redis.call('HINCRBY', KEYS[5], 'labelled', #samples)
+  entry[#entry + 1] = 'samples'; entry[#entry + 1] = '[' .. table.concat(samples, ',') .. ']'
+  entry[#entry + 1] = 'served'; entry[#entry + 1] = '[' .. table.concat(served, ',') .. ']'
+end
+local last = redis.call('XREVRANGE', KEYS[7], '+', '-', 'COUNT', 1)
+local prev = ''
+if last[1] then prev = last[1][1] end
+local id = redis.call('XADD', KEYS[7], '*', unpack(entry))
+local item = {prev, id}
+for i = 1, #entry do item[#item + 1] = entry[i] end
+redis.call('RPUSH', KEYS[8], cjson.encode(item))
+redis.call('LTRIM', KEYS[8], -tonumber(ARGV[3]), -1)
+local out = {status, id, redis.call('HGET', KEYS[9], 'replica'), redis.call('ZCARD', KEYS[3]), expired}
+for i = 1, #delays do out[#out + 1] = delays[i] end
+return out
+"""
+)
+
 
 @dataclass(frozen=True)
 class Scripts:
@@ -166,6 +320,8 @@ class Scripts:
     heartbeat: AsyncScript
     live: AsyncScript
     peek: AsyncScript
+    remember: AsyncScript
+    take_labels: AsyncScript
 
 
 _SOURCES = {
@@ -179,6 +335,8 @@ _SOURCES = {
     "heartbeat": HEARTBEAT,
     "live": LIVE,
     "peek": PEEK,
+    "remember": REMEMBER,
+    "take_labels": TAKE_LABELS,
 }
 _REGISTERED: weakref.WeakKeyDictionary[Any, Scripts] = weakref.WeakKeyDictionary()
 

@@ -59,15 +59,15 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _result(r: Any) -> dict[str, Any]:
+def result_json(r: Any) -> dict[str, Any]:
     return {"step": r.step, "loss": r.loss, "prediction": r.prediction}
 
 
-def _headers(answer: Answer) -> dict[str, str] | None:
+def replay_headers(answer: Answer) -> dict[str, str] | None:
     return {"Idempotent-Replayed": "true"} if answer.replayed else None
 
 
-def _outcome(answer: Answer, batch: bool) -> Outcome:
+def outcome_or_raise(answer: Answer, batch: bool) -> Outcome:
     """The applied outcome, or the 422 of a rolled-back step."""
     outcome = answer.outcome
     assert outcome is not None
@@ -76,7 +76,7 @@ def _outcome(answer: Answer, batch: bool) -> Outcome:
     extra: dict[str, Any] = {"step": outcome.step}
     if batch:
         extra["index"] = outcome.failed_index
-        extra["results"] = [_result(r) for r in outcome.results]
+        extra["results"] = [result_json(r) for r in outcome.results]
         detail = f"{outcome.error}; samples before it were applied, it and those after it were not"
     else:
         detail = f"{outcome.error}; the model is unchanged"
@@ -108,11 +108,12 @@ async def learn_body(
     else:
         samples = [bodies.sample_fields(body, _FIELDS)]
     answer = await _submit(handle, "batch" if batch else "one", samples, batch, key, raw)
-    outcome = _outcome(answer, batch=batch)
+    outcome = outcome_or_raise(answer, batch=batch)
     handle.model.learn_latency.record(time.perf_counter() - started)
     if batch:
-        return {"step": outcome.step, "results": [_result(r) for r in outcome.results]}, _headers(answer)
-    return _result(outcome.results[0]), _headers(answer)
+        results = [result_json(r) for r in outcome.results]
+        return {"step": outcome.step, "results": results}, replay_headers(answer)
+    return result_json(outcome.results[0]), replay_headers(answer)
 
 
 # Requests to these two routes are served by service.api.hot, in front of FastAPI; the

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from service.api.deps import ModelDep, ReadAccess, SettingsDep
 from service.api.schemas import ErrorBody, MetricsResponse, StatsResponse
 from service.errors import NotFoundError, json_response
+from service.label_metrics import label_metrics
 
 router = APIRouter(prefix="/v1/models/{name}", tags=["inspect"], dependencies=[ReadAccess])
 
@@ -45,4 +46,5 @@ async def read_metrics(handle: ModelDep, settings: SettingsDep) -> Response:
     model = handle.model
     step, metrics = await asyncio.to_thread(model.read_metrics)
     latency = {"learn": model.learn_latency.summary(), "predict": model.predict_latency.summary()}
-    return json_response(200, {"step": step, **metrics, "latency": latency})
+    labels = await label_metrics(handle, settings)
+    return json_response(200, {"step": step, **metrics, **labels, "latency": latency})
