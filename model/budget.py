@@ -61,7 +61,10 @@ def _hidden_elements(spec: ModelSpec) -> tuple[int, int]:
     if kind == "mlp":
         sizes = [spec.input_size, *spec.network.hidden, spec.output_size]
     elif kind == "rnn":
-        steps, features = spec.input_shape
+        if spec.network.stateful:  # one time step [F] per call; a step learns over the last bptt
+            steps, features = spec.network.bptt, spec.input_shape[0]
+        else:
+            steps, features = spec.input_shape
         sizes = [steps * features, *(steps * h for h in spec.network.hidden), spec.output_size]
     else:
         channels, height, width = spec.input_shape

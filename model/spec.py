@@ -21,6 +21,13 @@ MAX_WIDTH = 8192
 MAX_LAYERS = 16
 MAX_CLASSES = 100_000
 MAX_BPTT = 256
+#: Bounds of the hyper-parameters: far outside the useful ranges, inside those where a
+#: step stays finite in float32 (a weight decay of 1e308 turns every weight into NaN).
+MIN_EPS, MAX_EPS = 1e-12, 1.0
+MAX_CLAMP = 1e3
+MAX_WEIGHT_DECAY = 1.0
+MAX_CLIP = 1e6
+_WIDTHS_SCHEMA = {"maxItems": MAX_LAYERS, "items": {"type": "integer", "minimum": 1, "maximum": MAX_WIDTH}}
 
 
 class _Strict(BaseModel):
@@ -36,8 +43,13 @@ class NetworkSpec(_Strict):
     hidden: list[int] = Field(
         default_factory=lambda: [128, 64],
         description="mlp: widths of the hidden layers; rnn: hidden size of each stacked layer",
+        json_schema_extra=_WIDTHS_SCHEMA,
     )
-    channels: list[int] = Field(default_factory=lambda: [16, 32], description="cnn: channels per block")
+    channels: list[int] = Field(
+        default_factory=lambda: [16, 32],
+        description="cnn: channels per block",
+        json_schema_extra=_WIDTHS_SCHEMA,
+    )
     skip: bool = Field(
         True,
         description="mlp: add a linear path from the standardized inputs to the output (wide & deep): "
@@ -78,13 +90,14 @@ class NormSpec(_Strict):
     kind: Literal["online", "layer", "none"] = "online"
     alpha_fwd: float = Field(0.999, gt=0.0, lt=1.0)
     alpha_bkw: float = Field(0.99, gt=0.0, lt=1.0)
-    eps: float = Field(1e-5, gt=0.0)
+    eps: float = Field(1e-5, ge=MIN_EPS, le=MAX_EPS)
     ecm: Literal["ls", "ac"] | None = "ls"
-    ls_eps: float = Field(1e-5, gt=0.0)
-    clamp_val: float = Field(5.0, gt=0.0)
+    ls_eps: float = Field(1e-5, ge=MIN_EPS, le=MAX_EPS)
+    clamp_val: float = Field(5.0, gt=0.0, le=MAX_CLAMP)
     ls_group_size: int | None = Field(
         None,
         ge=1,
+        le=MAX_WIDTH,
         description="ecm 'ls': features per group whose RMS layer scaling divides by (as in the "
         "authors' code); null: all of a layer's features form one group",
     )
@@ -95,12 +108,18 @@ class OptimizerSpec(_Strict):
     kind: Literal["sgd", "adam"] = "adam"
     lr: float = Field(0.003, gt=0.0, le=10.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="adam only")
-    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = Field(
+        (0.9, 0.999),
+        description="adam only",
+        json_schema_extra={"items": {"type": "number", "minimum": 0.0, "exclusiveMaximum": 1.0}},
+    )
+    weight_decay: float = Field(0.0, ge=0.0, le=MAX_WEIGHT_DECAY)
     skip_lr_scale: float = Field(
         5.0, gt=0.0, le=100.0, description="learning-rate multiplier of the mlp's linear skip path"
     )
-    clip_grad_norm: float | None = Field(5.0, gt=0.0, description="per-step gradient norm cap; null: none")
+    clip_grad_norm: float | None = Field(
+        5.0, gt=0.0, le=MAX_CLIP, description="per-step gradient norm cap; null: none"
+    )
 
     @field_validator("betas")
     @classmethod
@@ -113,11 +132,27 @@ class OptimizerSpec(_Strict):
 class ModelSpec(_Strict):
     """A model: what it predicts from what, and how it learns."""
 
-    name: str = Field(..., description=f"unique, matching {NAME_PATTERN}")
+    name: str = Field(
+        ..., description=f"unique, matching {NAME_PATTERN}", json_schema_extra={"pattern": NAME_PATTERN}
+    )
     task: Literal["classification", "regression"]
-    input_shape: list[int] = Field(..., min_length=1, max_length=3)
-    num_classes: int | None = Field(None, description="classification only, at least 2")
-    output_dim: int | None = Field(None, description="regression only, default 1")
+    input_shape: list[int] = Field(
+        ...,
+        min_length=1,
+        max_length=3,
+        description=f"at most {MAX_INPUT_SIZE} elements in all",
+        json_schema_extra={"items": {"type": "integer", "minimum": 1, "maximum": MAX_INPUT_SIZE}},
+    )
+    num_classes: int | None = Field(
+        None,
+        description=f"classification only, 2 to {MAX_CLASSES}",
+        json_schema_extra={"minimum": 2, "maximum": MAX_CLASSES},
+    )
+    output_dim: int | None = Field(
+        None,
+        description=f"regression only, 1 to {MAX_WIDTH}, default 1",
+        json_schema_extra={"minimum": 1, "maximum": MAX_WIDTH},
+    )
     network: NetworkSpec = Field(default_factory=NetworkSpec)
     norm: NormSpec = Field(default_factory=NormSpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)

@@ -17,12 +17,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import torch
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import Redis
 from starlette.types import Receive, Scope, Send
 
 from model.learner import OnlineLearner, resolve_device
 from service.api.hot import HotRoutes
-from service.api.limits import BodyLimitMiddleware
+from service.api.limits import BodyLimitMiddleware, ContentTypeMiddleware
 from service.api.main import include_routes
 from service.auth import Authenticator
 from service.cluster.replica import Replica
@@ -173,6 +174,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     include_routes(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
+    app.add_middleware(ContentTypeMiddleware)
+    if settings.CORS_ORIGINS:  # closed unless origins are listed
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.CORS_ORIGINS,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            expose_headers=["Idempotent-Replayed", "Retry-After"],
+        )
     app.add_middleware(TelemetryMiddleware, telemetry=telemetry)
     return app
 

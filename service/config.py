@@ -20,6 +20,9 @@ from service.store.keys import REPLICA_ID_PATTERN
 logger = logging.getLogger(__name__)
 
 _KEY_PREFIX_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+_ORIGIN_RE = re.compile(
+    r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
+)
 
 
 class Settings(BaseSettings):
@@ -39,6 +42,11 @@ class Settings(BaseSettings):
     API_KEYS: Annotated[list[str], NoDecode] = Field(default_factory=list, description="read-write keys")
     READONLY_API_KEYS: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="keys that may predict and read, not learn/create/delete"
+    )
+    CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="browser origins (scheme://host[:port]) allowed to call the API cross-site; "
+        "empty (the default): none, CORS stays closed",
     )
 
     HOST: str = "127.0.0.1"
@@ -136,7 +144,7 @@ class Settings(BaseSettings):
     REDIS_TIMEOUT_SECONDS: float = Field(5.0, gt=0)
     REDIS_CONNECT_ATTEMPTS: int = Field(5, ge=1)
 
-    @field_validator("API_KEYS", "READONLY_API_KEYS", mode="before")
+    @field_validator("API_KEYS", "READONLY_API_KEYS", "CORS_ORIGINS", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         """Accept a JSON array (``'["k1","k2"]'``) or a comma-separated string."""
@@ -153,6 +161,17 @@ class Settings(BaseSettings):
         if any(not k for k in keys):
             raise ValueError("API keys must not be empty")
         return keys
+
+    @field_validator("CORS_ORIGINS")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        """An explicit allow-list: exact origins, never ``*``."""
+        for origin in origins:
+            if not _ORIGIN_RE.match(origin):
+                raise ValueError(
+                    f"CORS origin {origin!r} is not scheme://host[:port] (list each origin; '*' is refused)"
+                )
+        return origins
 
     @property
     def replica_id(self) -> str:

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,12 @@ class PayloadTooLargeError(ServiceError):
     status_code = 413
 
 
+class UnsupportedMediaTypeError(ServiceError):
+    """A body that is not declared ``application/json``: nothing was read."""
+
+    status_code = 415
+
+
 class UnauthorizedError(ServiceError):
     status_code = 401
 
@@ -79,6 +86,17 @@ class GatewayTimeoutError(ServiceError):
         super().__init__(detail, headers={"Retry-After": "1"})
 
 
+_UNREACHABLE = "Redis is unreachable"
+
+
+def explain_unavailable(exc: ServiceError, refusing: str | None) -> ServiceError:
+    """``exc``, or, while Redis answers but refuses writes (``refusing`` says why), a
+    503 that says so instead of calling it unreachable."""
+    if refusing is None or not isinstance(exc, UnavailableError) or not exc.detail.startswith(_UNREACHABLE):
+        return exc
+    return UnavailableError(refusing + exc.detail[len(_UNREACHABLE) :])
+
+
 def json_response(status_code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     """A JSON response serialized by orjson (fast; refuses NaN by writing null)."""
     return Response(
@@ -86,7 +104,13 @@ def json_response(status_code: int, body: dict[str, Any], headers: dict[str, str
     )
 
 
-def _readable(errors: list[dict[str, Any]]) -> str:
+def validation_errors(errors: list[Any]) -> list[dict[str, Any]]:
+    """Pydantic's errors, reduced to what a client needs: where, what, which kind."""
+    return [{k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in errors]
+
+
+def readable(errors: list[dict[str, Any]]) -> str:
+    """``"loc: msg; loc: msg"``: one line naming every problem."""
     parts = []
     for err in errors:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
@@ -95,20 +119,45 @@ def _readable(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-async def _service_error(_: Request, exc: Exception) -> Response:
+async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
+    if isinstance(exc, UnavailableError):
+        health = getattr(request.app.state, "health", None)
+        if health is not None:
+            exc = explain_unavailable(exc, await health.check_memory())
     return json_response(exc.status_code, {"detail": exc.detail, **exc.extra}, exc.headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = [{k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in exc.errors()]
-    return json_response(422, {"detail": _readable(errors), "errors": errors})
+    errors = validation_errors(list(exc.errors()))
+    return json_response(422, {"detail": readable(errors), "errors": errors})
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this request's path (Starlette's own 405 names
+    only the first matching route's)."""
+    routes = request.app.router.routes
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    return json_response(exc.status_code, {"detail": str(exc.detail)}, exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        allowed = allowed_methods(request)
+        headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+        detail = f"method {request.method} is not allowed here; allowed: {', '.join(allowed)}"
+        return json_response(405, {"detail": detail}, headers)
+    return json_response(exc.status_code, {"detail": str(exc.detail)}, headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

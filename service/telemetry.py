@@ -68,6 +68,11 @@ class Telemetry:
         self.redis_up = Gauge(
             "onlinenorm_redis_up", "1 when Redis was reachable at the last check", registry=r
         )
+        self.redis_writable = Gauge(
+            "onlinenorm_redis_writable",
+            "1 when Redis accepted writes at the last check (0: out of memory, or unreachable)",
+            registry=r,
+        )
         self.replicas_live = Gauge(
             "onlinenorm_replicas_live", "live replicas, as this one sees them", registry=r
         )

@@ -7,7 +7,11 @@ Samples are validated once, all of a request's together, with a few numpy calls
 (:func:`_vectorized`); only a request that fails that check (or might hold booleans,
 which numpy would read as numbers) takes the per-sample path, which names the sample
 and the problem. Both give the same float32 values as the learner's own ``check_x``,
-which replay uses on the logged JSON."""
+which replay uses on the logged JSON.
+
+Nesting is bounded before anything walks it: an input is at most as deep as the model's
+``input_shape`` (a flat list is depth 1), a target at most a flat list, so a body nested
+a thousand levels deep is refused by name instead of exhausting Python's recursion."""
 
 from __future__ import annotations
 
@@ -18,28 +22,56 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 from fastapi import Request
+from pydantic import BaseModel, ValidationError
 from torch import Tensor
 
 from model.learner import InvalidSampleError, OnlineLearner
-from service.errors import InvalidInputError, PayloadTooLargeError
+from service.errors import InvalidInputError, PayloadTooLargeError, readable, validation_errors
 from service.idempotency import KEY_PATTERN
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 #: Validate inline below this many numbers; above it, in a worker thread.
 _INLINE_NUMBERS = 16384
 
 
 async def read_json(request: Request) -> Any:
+    """The request's JSON body (its Content-Type was checked by
+    :class:`service.api.limits.ContentTypeMiddleware` before it got here)."""
     return parse_json(await request.body())
 
 
 def parse_json(body: bytes) -> Any:
+    """``body`` parsed; 422 naming the problem for an empty, non-UTF-8 or malformed one."""
     if not body:
         raise InvalidInputError("empty body: expected a JSON object")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidInputError(f"malformed JSON (NaN and Infinity are not JSON): {exc}") from exc
+        raise InvalidInputError(_malformed(body, exc)) from exc
+
+
+async def read_model(request: Request, model: type[M]) -> M:
+    """The request's JSON body validated as ``model``; 422 naming every problem (the
+    same answer as FastAPI's own body validation, for every malformed body too)."""
+    value = await read_json(request)
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        errors = validation_errors(exc.errors(include_url=False, include_context=False))
+        for err in errors:
+            err["loc"] = ["body", *err.get("loc", ())]
+        raise InvalidInputError(readable(errors), errors=errors) from exc
+
+
+def _malformed(body: bytes, exc: orjson.JSONDecodeError) -> str:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"malformed JSON: the body is not valid UTF-8 (byte {bad.start})"
+    if b"NaN" in body or b"Infinity" in body:
+        return f"malformed JSON (NaN and Infinity are not JSON): {exc}"
+    return f"malformed JSON: {exc}"
 
 
 def _object(value: Any, fields: tuple[str, ...], where: str) -> dict[str, Any]:
@@ -78,18 +110,25 @@ def batch_fields(body: Any, fields: tuple[str, ...], max_samples: int) -> list[l
 
 
 _NUMBER_TYPES = (int, float)
+#: A target is a number (class index, one regression output) or a flat list of outputs.
+_Y_LIMIT = (1, "a number or a flat list of numbers")
+_TOO_DEEP = "a list nested too deep"
 
 
-def _non_number(value: Any, path: str) -> str | None:
-    """Where JSON that should hold only numbers holds something else (a string, a
-    boolean, null, an object): numpy would quietly convert some of those."""
+def _non_number(value: Any, path: str, depth: int) -> str | None:
+    """Where JSON that should hold only numbers, in lists at most ``depth`` deep, holds
+    something else (a string, a boolean, null, an object, a list nested deeper): numpy
+    would quietly convert some of those, and unbounded nesting would exhaust the
+    recursion. Never recurses more than ``depth`` levels."""
     if type(value) in _NUMBER_TYPES:
         return None
     if type(value) is list:
+        if depth < 1:
+            return f"{_TOO_DEEP} at {path}"
         if all(type(v) in _NUMBER_TYPES for v in value):
             return None
         for i, v in enumerate(value):
-            found = _non_number(v, f"{path}[{i}]")
+            found = _non_number(v, f"{path}[{i}]", depth - 1)
             if found:
                 return found
         return None
@@ -103,9 +142,14 @@ def _non_number(value: Any, path: str) -> str | None:
     return f"{kind} at {path}"
 
 
-def _check_one(value: Any, name: str, where: str, check: Callable[[Any], Tensor]) -> Tensor:
-    problem = _non_number(value, name)
+def _check_one(
+    value: Any, name: str, where: str, limit: tuple[int, str], check: Callable[[Any], Tensor]
+) -> Tensor:
+    depth, expected = limit
+    problem = _non_number(value, name, depth)
     if problem:
+        if problem.startswith(_TOO_DEEP):
+            raise InvalidInputError(f"{where}{name} is nested deeper than {expected} ({problem})")
         raise InvalidInputError(f"{where}{name} must hold only numbers (got {problem})")
     try:
         return check(value)
@@ -121,11 +165,13 @@ def _check(
 ) -> tuple[list[Tensor], list[Tensor]]:
     xs: list[Tensor] = []
     ys: list[Tensor] = []
+    shape = learner.spec.input_shape  # nested to input_shape at most; a flat list is shallower
+    x_limit = (len(shape), f"its shape allows: expected shape {shape} (or a flat list)")
     for i, sample in enumerate(samples):
         where = f"samples[{i}]." if batch else ""
-        xs.append(_check_one(sample[0], "x", where, learner.check_x))
+        xs.append(_check_one(sample[0], "x", where, x_limit, learner.check_x))
         if with_y:
-            ys.append(_check_one(sample[1], "y", where, learner.check_y))
+            ys.append(_check_one(sample[1], "y", where, _Y_LIMIT, learner.check_y))
     return xs, ys
 
 

@@ -4,12 +4,13 @@ ASGI in front of FastAPI.
 Through FastAPI a learn request passes about a dozen middleware and routing layers and a
 dependency solver before its handler runs, which costs more than a training step. Here
 it is matched by one regular expression and then does exactly what the FastAPI route
-does, in the same order and with the same answers: the body limit (a declared
-``Content-Length`` first, then the bytes as they stream in), the API key, the model
+does, in the same order and with the same answers: the JSON content type (415), the
+body limit (a declared ``Content-Length`` first, then the bytes as they stream in), the API key, the model
 name, the model (404, 409, 503), the ``Idempotency-Key``, then
 :func:`service.api.routes.learn.learn_body`, the same function the FastAPI routes call.
 It counts the request in the same Prometheus series. Anything it does not match (other
-methods, a trailing slash, other paths) goes to FastAPI, whose routes for these paths
+methods, a trailing slash, other paths, and cross-origin requests when CORS is
+configured, which its middleware answers) goes to FastAPI, whose routes for these paths
 stay for the OpenAPI schema.
 """
 
@@ -26,11 +27,18 @@ from starlette.types import Receive, Scope, Send
 
 from model.spec import NAME_PATTERN
 from service.api.deps import NAME_RE
-from service.api.limits import declared_over, too_large
+from service.api.limits import content_type_problem, declared_over, header, too_large
 from service.api.routes.learn import learn_body
 from service.auth import check_write
 from service.config import Settings
-from service.errors import InvalidInputError, PayloadTooLargeError, ServiceError
+from service.errors import (
+    InvalidInputError,
+    PayloadTooLargeError,
+    ServiceError,
+    UnavailableError,
+    UnsupportedMediaTypeError,
+    explain_unavailable,
+)
 from service.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -54,6 +62,8 @@ class HotRoutes:
         m = _PATH.fullmatch(scope["path"])
         if m is None or getattr(self.state, "registry", None) is None:  # not started yet
             return None
+        if self.state.settings.CORS_ORIGINS and header(scope, b"origin") is not None:
+            return None  # the CORS middleware adds its headers (FastAPI's route does the same work)
         return m.group(1), m.group(2) is not None
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, name: str, batch: bool) -> None:
@@ -63,6 +73,8 @@ class HotRoutes:
         try:
             status, body, headers = await self._answer(scope, receive, name, batch)
         except ServiceError as exc:
+            if isinstance(exc, UnavailableError):  # unreachable, or refusing writes?
+                exc = explain_unavailable(exc, await self.state.health.check_memory())
             status, body, headers = exc.status_code, {"detail": exc.detail, **exc.extra}, exc.headers
         except _Disconnected:
             return
@@ -78,6 +90,9 @@ class HotRoutes:
     ) -> tuple[int, dict[str, Any], dict[str, str] | None]:
         settings: Settings = self.state.settings
         headers = _headers(scope)
+        problem = content_type_problem(headers.get("content-type"))
+        if problem is not None:
+            raise UnsupportedMediaTypeError(problem)
         declared = declared_over(headers.get("content-length"), settings.MAX_BODY_BYTES)
         if declared is not None:
             raise PayloadTooLargeError(too_large(settings.MAX_BODY_BYTES, declared))
@@ -110,7 +125,7 @@ class _Disconnected(Exception):
     """The client went away before its body arrived: nobody to answer."""
 
 
-_WANTED = frozenset({b"content-length", b"authorization", b"idempotency-key"})
+_WANTED = frozenset({b"content-length", b"content-type", b"authorization", b"idempotency-key"})
 
 
 def _headers(scope: Scope) -> dict[str, str]:

@@ -38,6 +38,18 @@ class ErrorBody(BaseModel):
     detail: str = Field(examples=["x has shape [3]; expected [64] (or a flat list of 64 numbers)"])
 
 
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="where: body, then field names and list indices")
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(ErrorBody):
+    """A body or parameter that failed validation: ``detail`` names every problem."""
+
+    errors: list[FieldError] | None = Field(None, description="each problem, where it is")
+
+
 class ModelInfo(BaseModel):
     name: str
     spec: ModelSpec | None = Field(description="null only for a model whose spec cannot be read")
@@ -204,10 +216,22 @@ class MetricsResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: str
     replica: str = Field(description="this replica's id (ONLINENORM_REPLICA_ID, default host:pid)")
-    redis: str | None = None
+    redis: str = Field(
+        description="up; down (unreachable); or out of memory (answers, refuses writes). /healthz: as "
+        "last seen; /readyz: as it answers now"
+    )
     data_loss: dict[str, Any] | None = Field(
         None, description="readiness: set once this replica saw Redis lose data under it"
     )
+
+
+class UnreadyBody(ErrorBody):
+    """Not ready: ``detail`` says why (Redis unreachable, or out of memory)."""
+
+    status: str
+    replica: str
+    redis: str
+    data_loss: dict[str, Any] | None = None
 
 
 class ReplicaInfo(BaseModel):

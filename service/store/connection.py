@@ -2,8 +2,15 @@
 
 Commands are never retried by the client library: a retried ``EXEC`` whose first
 reply was lost would log samples twice. Outages are handled one level up: a failed
-write marks Redis down, learns answer 503 at once, and :class:`RedisHealth` pings
-with capped exponential backoff until Redis answers again.
+write reports Redis down, :class:`RedisHealth` confirms it with a ping of its own (a
+command can fail alone: Redis resets the connection of one that is too big), then
+learns answer 503 at once while it pings with capped exponential backoff until Redis
+answers again.
+
+Redis may also answer and refuse writes: out of memory (``maxmemory`` with
+``noeviction``, or nothing left to evict). The monitor reads ``INFO memory`` with each
+check and says so (:attr:`RedisHealth.refusing`): readiness and ``/metrics`` show it,
+and a refused learn says what happened instead of "unreachable".
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ClusterDownError, RedisError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import ClusterDownError, RedisError, ResponseError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -33,6 +40,8 @@ UNREACHABLE = (
     TryAgainError,
 )
 _FIRST_BACKOFF = 0.05
+#: How long a ping that confirms a reported failure may take before Redis counts as down.
+_CONFIRM_SECONDS = 1.0
 #: Connections per server (per node of a cluster): each owned model blocks one on its
 #: bell, each waited-on model one on its results, each event stream one. redis-py's
 #: default (100 since redis-py 8) would refuse commands past about a hundred models.
@@ -99,8 +108,30 @@ async def connect(client: Redis, attempts: int, where: str) -> None:
             delay = min(delay * 2, 5.0)
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether Redis refused a command for lack of memory (``OOM command not allowed``)."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("OOM")
+
+
+def memory_refusal(info: dict[str, object]) -> str | None:
+    """From ``INFO memory``: why Redis refuses writes now (its own rule: the memory it
+    counts for eviction over ``maxmemory``, and a policy that does not evict), or None."""
+    limit = int(info.get("maxmemory") or 0)  # type: ignore[call-overload]
+    if limit <= 0:
+        return None
+    used = int(info.get("used_memory") or 0) - int(info.get("mem_not_counted_for_evict") or 0)  # type: ignore[call-overload]
+    policy = str(info.get("maxmemory_policy", ""))
+    if used <= limit or policy != "noeviction":
+        return None
+    return (
+        f"Redis is out of memory ({used} of maxmemory {limit} bytes used, policy noeviction) "
+        "and refuses writes"
+    )
+
+
 class RedisHealth:
-    """Whether Redis is believed reachable, and the task that finds out when it is back.
+    """Whether Redis is believed reachable (and accepting writes), and the task that
+    finds out when it is back.
 
     Learns check :attr:`up` before writing and fail fast while it is down, instead of
     each waiting for a connection timeout.
@@ -112,25 +143,67 @@ class RedisHealth:
         self.max_backoff = max_backoff
         self.up = True
         self.down_since: float | None = None
+        #: Why Redis, reachable, refuses writes (out of memory), or None.
+        self.refusing: str | None = None
+        self._suspect: BaseException | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
     def mark_down(self, exc: BaseException) -> None:
-        """Called by whoever saw Redis fail; the monitor takes it from here."""
+        """Called by whoever saw a Redis command fail as if Redis were unreachable. The
+        monitor confirms it with a ping first: one command may fail alone (a value too
+        big for Redis resets its connection), and that must not fail every model's learns."""
+        if is_out_of_memory(exc):
+            self.note_refusal(exc)
+            return
+        if self.up and self._suspect is None:
+            self._suspect = exc
+            self._wake.set()
+
+    def note_refusal(self, exc: BaseException) -> None:
+        """Called by whoever saw Redis refuse a write for lack of memory."""
+        if self.refusing is None:
+            logger.warning("Redis refuses writes (out of memory): %s", exc)
+            self.refusing = f"Redis is out of memory and refuses writes ({exc})"
+
+    def _set_down(self, exc: BaseException) -> None:
         if self.up:
             logger.warning("Redis unreachable, learns answer 503 until it is back: %s", exc)
             self.up = False
             self.down_since = time.monotonic()
             self._wake.set()
 
+    async def _confirm(self, suspect: BaseException) -> None:
+        try:
+            await asyncio.wait_for(self.client.ping(), _CONFIRM_SECONDS)
+        except (*UNREACHABLE, RedisError, TimeoutError) as exc:
+            self._set_down(exc)
+            return
+        logger.warning("a Redis command failed (%s), but Redis answers: not an outage", suspect)
+
+    async def check_memory(self) -> str | None:
+        """Read ``INFO memory`` and update :attr:`refusing`; a failed read changes nothing."""
+        try:
+            info = await self.client.info("memory")
+        except (*UNREACHABLE, RedisError):
+            return self.refusing
+        refusing = memory_refusal(info)
+        if refusing is None and self.refusing is not None:
+            logger.warning("Redis accepts writes again")
+        elif refusing is not None and self.refusing is None:
+            logger.warning("%s", refusing)
+        self.refusing = refusing
+        return refusing
+
     async def ping(self) -> bool:
-        """One health check; updates :attr:`up`."""
+        """One health check; updates :attr:`up` (and :attr:`refusing`)."""
         try:
             await self.client.ping()
         except (*UNREACHABLE, RedisError) as exc:
-            self.mark_down(exc)
+            self._set_down(exc)
             return False
+        await self.check_memory()
         if not self.up:
             # Connections opened before the outage may be dead: drop them all.
             await disconnect_all(self.client)
@@ -146,6 +219,10 @@ class RedisHealth:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval if self.up else backoff)
             self._wake.clear()
+            suspect, self._suspect = self._suspect, None
+            if suspect is not None and self.up:
+                await self._confirm(suspect)
+                continue
             backoff = _FIRST_BACKOFF if await self.ping() else min(backoff * 2, self.max_backoff)
 
     def start(self) -> None:

@@ -61,9 +61,21 @@ def test_read_reports_step_and_updated_at(client: httpx.Client) -> None:
 
 def test_duplicate_name_is_409(client: httpx.Client) -> None:
     create(client, spec())
-    r = client.post("/v1/models", json=spec())
+    r = client.post("/v1/models", json=spec(network={"kind": "mlp", "hidden": [4]}))
     assert r.status_code == 409
     assert "already exists" in r.json()["detail"]
+
+
+def test_create_retried_after_a_lost_answer_is_not_a_conflict(client: httpx.Client) -> None:
+    """The same spec again, before any learn: the retry of a create whose answer was
+    lost (a dropped connection) gets the model; once it learned, the name is taken."""
+    first = create(client, spec())
+    again = client.post("/v1/models", json=spec())
+    assert again.status_code == 201, again.text
+    assert again.json()["created_at"] == first["created_at"]
+    assert client.post("/v1/models/m/learn", json={"x": [1, 2, 3, 4], "y": 0}).status_code == 200
+    r = client.post("/v1/models", json=spec())
+    assert r.status_code == 409 and "already exists" in r.json()["detail"]
 
 
 def test_unknown_model_is_404_everywhere(client: httpx.Client) -> None:

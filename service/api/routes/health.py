@@ -8,34 +8,47 @@ from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from service.api.deps import HealthDep, ReadAccess, ReplicaDep, SettingsDep
-from service.api.schemas import ErrorBody, HealthResponse, ReplicaInfo, ReplicaList
+from service.api.schemas import HealthResponse, ReplicaInfo, ReplicaList, UnreadyBody
 from service.errors import UnavailableError, json_response
-from service.store.connection import UNREACHABLE
+from service.store.connection import UNREACHABLE, RedisHealth
 
 router = APIRouter(tags=["health"])
 
 
+def redis_state(health: RedisHealth) -> str:
+    """``up``, ``down`` (unreachable) or ``out of memory`` (answers, refuses writes)."""
+    if not health.up:
+        return "down"
+    return "out of memory" if health.refusing is not None else "up"
+
+
 @router.get("/healthz", response_model=HealthResponse)
-async def read_health(settings: SettingsDep) -> HealthResponse:
-    """Liveness: the process answers; and which replica it is."""
-    return HealthResponse(status="ok", replica=settings.replica_id)
+async def read_health(settings: SettingsDep, health: HealthDep) -> HealthResponse:
+    """Liveness: the process answers; which replica it is, and Redis as last seen (no
+    round trip: readiness asks Redis)."""
+    return HealthResponse(status="ok", replica=settings.replica_id, redis=redis_state(health))
 
 
 @router.get(
     "/readyz",
     response_model=HealthResponse,
-    responses={503: {"model": ErrorBody, "description": "Redis unreachable"}},
+    responses={503: {"model": UnreadyBody, "description": "Redis unreachable, or out of memory"}},
 )
 async def read_readiness(health: HealthDep, replica: ReplicaDep) -> Response:
-    """Readiness: Redis answers a ping (learns need it; predictions do not). Also says
-    whether this replica saw Redis lose data (its models were then re-persisted)."""
+    """Readiness: Redis answers a ping and accepts writes (learns need both; predictions
+    neither). Also says whether this replica saw Redis lose data (its models were then
+    re-persisted)."""
     body: dict[str, object] = {"replica": replica.id}
     if replica.data_loss.detected:
         body["data_loss"] = replica.data_loss.as_json()
-    if await health.ping():
+    if not await health.ping():
+        detail = "Redis is unreachable"
+    elif health.refusing is not None:
+        detail = health.refusing
+    else:
         return json_response(200, {"status": "ready", "redis": "up", **body})
     return json_response(
-        503, {"detail": "Redis is unreachable", "status": "unavailable", "redis": "down", **body}
+        503, {"detail": detail, "status": "unavailable", "redis": redis_state(health), **body}
     )
 
 
@@ -60,4 +73,5 @@ async def read_prometheus(request: Request, health: HealthDep) -> Response:
     """Prometheus metrics (labels from bounded sets: route templates, status codes)."""
     telemetry = request.app.state.telemetry
     telemetry.redis_up.set(1 if health.up else 0)
+    telemetry.redis_writable.set(1 if health.up and health.refusing is None else 0)
     return Response(generate_latest(telemetry.registry), media_type=CONTENT_TYPE_LATEST)

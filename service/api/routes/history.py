@@ -7,11 +7,11 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from starlette.responses import Response
 
 from service.api.deps import ModelDep, ReadAccess, RegistryDep, SettingsDep
-from service.api.schemas import ErrorBody
+from service.api.schemas import ErrorBody, ValidationErrorBody
 from service.api.watch_schemas import HistoryResponse
 from service.errors import InvalidInputError, NotFoundError, UnavailableError, json_response
 from service.store import stats_history
@@ -24,7 +24,7 @@ _STEP = re.compile(r"^[0-9]{1,18}$")
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or invalid API key"},
     404: {"model": ErrorBody, "description": "no such model, or no such layer"},
-    422: {"model": ErrorBody, "description": "invalid since or limit"},
+    422: {"model": ValidationErrorBody, "description": "invalid since or limit (or an id Redis refuses)"},
     503: {"model": ErrorBody, "description": "Redis unreachable"},
 }
 Since = Annotated[
@@ -70,6 +70,10 @@ async def read_stats_history(
             entries = await stats_history.read_after_step(redis, prefix, model.name, step, limit)
         else:
             entries = await stats_history.read_latest(redis, prefix, model.name, limit)
+    except ResponseError as exc:  # Redis answered: it refuses the query (an id it cannot start after)
+        if entry_id is None:
+            raise UnavailableError(f"Redis refused to read the history ({exc})") from exc
+        raise InvalidInputError(f"since {entry_id!r} is not an id Redis can start after ({exc})") from exc
     except (*UNREACHABLE, RedisError) as exc:
         raise UnavailableError(f"Redis is unreachable: the history cannot be read ({exc})") from exc
     return json_response(200, {"entries": [stats_history.decode_entry(e, layer) for e in entries]})

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Annotated
 
-from fastapi import APIRouter, Body, Response, status
+from fastapi import APIRouter, Request, Response, status
 from redis.exceptions import RedisError
 
 from model.spec import ModelSpec
+from service.api import bodies
 from service.api.deps import AnyModelDep, ReadAccess, RegistryDep, SettingsDep, WriteAccess
-from service.api.schemas import SPEC_EXAMPLES, ErrorBody, ModelInfo, ModelList
-from service.errors import ServiceError
+from service.api.schemas import SPEC_EXAMPLES, ErrorBody, ModelInfo, ModelList, ValidationErrorBody, json_body
+from service.errors import ConflictError, ServiceError
 from service.registry import ModelHandle
 from service.store import leases
 from service.store.connection import UNREACHABLE
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 _ERRORS = {
     401: {"model": ErrorBody, "description": "missing or invalid API key"},
     404: {"model": ErrorBody, "description": "no such model"},
-    422: {"model": ErrorBody, "description": "invalid name or body"},
+    422: {"model": ValidationErrorBody, "description": "invalid name or body"},
 }
 
 
@@ -65,17 +65,39 @@ async def model_info(handle: ModelHandle, registry: RegistryDep, settings: Setti
     responses={
         **_ERRORS,
         403: {"model": ErrorBody, "description": "read-only API key"},
-        409: {"model": ErrorBody, "description": "the name is taken"},
+        409: {
+            "model": ErrorBody,
+            "description": "the name is taken (by another spec, or a trained model)",
+        },
+        413: {"model": ErrorBody, "description": "body over the limit"},
+        415: {"model": ErrorBody, "description": "the body is not application/json"},
         503: {"model": ErrorBody, "description": "Redis unreachable; nothing was created"},
     },
+    openapi_extra=json_body(ModelSpec, SPEC_EXAMPLES),
 )
-async def create_model(
-    spec: Annotated[ModelSpec, Body(openapi_examples=SPEC_EXAMPLES)],
-    registry: RegistryDep,
-    settings: SettingsDep,
-) -> ModelInfo:
-    """Create a model from a spec; it starts at step 0."""
-    return await model_info(await registry.create(spec), registry, settings)
+async def create_model(request: Request, registry: RegistryDep, settings: SettingsDep) -> ModelInfo:
+    """Create a model from a spec; it starts at step 0. Creating the very model that
+    exists (the same spec, not trained yet) answers it: the retry of a create whose
+    answer was lost is not a conflict."""
+    spec = await bodies.read_model(request, ModelSpec)  # 422 for any malformed body, by name
+    try:
+        handle = await registry.create(spec)
+    except ConflictError:
+        handle = await _same_untrained(registry, spec)
+        if handle is None:
+            raise
+    return await model_info(handle, registry, settings)
+
+
+async def _same_untrained(registry: RegistryDep, spec: ModelSpec) -> ModelHandle | None:
+    """The existing model named ``spec.name`` if it is exactly ``spec`` at step 0."""
+    try:
+        handle = await registry.get(spec.name)
+    except ServiceError:
+        return None
+    if handle.unrecoverable is not None or handle.model.step != 0 or handle.spec != spec:
+        return None
+    return handle
 
 
 @router.get("", response_model=ModelList, dependencies=[ReadAccess], responses={401: _ERRORS[401]})
