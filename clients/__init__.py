@@ -29,6 +29,9 @@ from clients.types import (
     Prediction,
     Replica,
     Stats,
+    StreamBatchResult,
+    StreamInfo,
+    StreamResult,
 )
 
 __version__ = SDK_VERSION
@@ -60,6 +63,9 @@ __all__ = [
     "RetryPolicy",
     "ServiceUnavailableError",
     "Stats",
+    "StreamBatchResult",
+    "StreamInfo",
+    "StreamResult",
     "ValidationError",
     "__version__",
 ]

@@ -15,8 +15,14 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-from clients._convert import to_json_value
-from clients.errors import APIConnectionError, APIError, APITimeoutError, error_for_response
+from clients._convert import NonFiniteValueError, check_finite, to_json_value
+from clients.errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    ValidationError,
+    error_for_response,
+)
 from clients.retry import RetryPolicy
 from clients.types import (
     Health,
@@ -27,6 +33,9 @@ from clients.types import (
     Prediction,
     Replica,
     Stats,
+    StreamBatchResult,
+    StreamInfo,
+    StreamResult,
 )
 
 SDK_VERSION = "0.1.0"
@@ -43,7 +52,7 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 T = TypeVar("T")
-L = TypeVar("L", LearnResult, LearnBatchResult)
+L = TypeVar("L", LearnResult, LearnBatchResult, StreamResult, StreamBatchResult)
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,31 @@ def _learned(model: type[L]) -> Callable[[httpx.Response], L]:
         return _reader(lambda body: model.model_validate({**body, "replayed": replayed}))(response)
 
     return parse
+
+
+def _json(value: Any, field: str) -> Any:
+    """``value`` as JSON, refused before sending if it holds a NaN or an infinity (which
+    JSON cannot carry): the SDK's :class:`ValidationError`, naming the field."""
+    try:
+        return check_finite(to_json_value(value), field)
+    except NonFiniteValueError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def _checked_samples(
+    samples: list[dict[str, Any]], fields: tuple[str, ...], what: str
+) -> list[dict[str, Any]]:
+    for i, sample in enumerate(samples):
+        for f in fields:
+            if f in sample:
+                _json(sample[f], f"{what}[{i}].{f}")
+    return samples
+
+
+def _later(label_later: bool, prediction_id: str | None) -> dict[str, Any]:
+    if prediction_id is not None:
+        return {"prediction_id": prediction_id}
+    return {"label_later": True} if label_later else {}
 
 
 def _spec_body(spec: Mapping[str, Any] | BaseModel | None, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -226,7 +260,7 @@ class BaseClient:
             "POST",
             self._model_path(name, "/learn"),
             _learned(LearnResult),
-            json={"x": to_json_value(x), "y": to_json_value(y)},
+            json={"x": _json(x, "x"), "y": _json(y, "y")},
             resend_safe=self.retry_learns,
             idempotency_key=idempotency_key or str(uuid.uuid4()),
         )
@@ -237,26 +271,117 @@ class BaseClient:
             "POST",
             self._model_path(name, "/learn/batch"),
             _learned(LearnBatchResult),
-            json={"samples": samples},
+            json={"samples": _checked_samples(samples, ("x", "y"), "samples")},
             resend_safe=self.retry_learns,
             idempotency_key=str(uuid.uuid4()),
         )
 
-    def _predict_one_call(self, name: str, x: Any) -> Call[Prediction]:
+    def _predict_one_call(
+        self, name: str, x: Any, label_later: bool = False, prediction_id: str | None = None
+    ) -> Call[Prediction]:
+        later = _later(label_later, prediction_id)
         return Call(
             "POST",
             self._model_path(name, "/predict"),
             _reader(Prediction.model_validate),
-            json={"x": to_json_value(x)},
-            resend_safe=True,
+            json={"x": _json(x, "x"), **later},
+            # a kept prediction sent twice could keep two (or answer 409 for a client id)
+            resend_safe=not later,
         )
 
-    def _predict_batch_call(self, name: str, xs: list[Any]) -> Call[list[Prediction]]:
+    def _predict_batch_call(
+        self, name: str, xs: list[Any], label_later: bool = False
+    ) -> Call[list[Prediction]]:
+        later = _later(label_later, None)
+        samples = _checked_samples([{"x": x} for x in xs], ("x",), "xs")
         return Call(
             "POST",
             self._model_path(name, "/predict/batch"),
             _reader(lambda body: [_prediction(p) for p in body["predictions"]]),
-            json={"samples": [{"x": x} for x in xs]},
+            json={"samples": [{**s, **later} for s in samples]},
+            resend_safe=not later,
+        )
+
+    def _label_call(
+        self, name: str, prediction_id: str, y: Any, idempotency_key: str | None
+    ) -> Call[LearnResult]:
+        return Call(
+            "POST",
+            self._model_path(name, "/labels"),
+            _learned(LearnResult),
+            json={"prediction_id": prediction_id, "y": _json(y, "y")},
+            resend_safe=self.retry_learns,
+            idempotency_key=idempotency_key or str(uuid.uuid4()),
+        )
+
+    def _labels_call(self, name: str, labels: list[tuple[str, Any]]) -> Call[LearnBatchResult]:
+        body = [{"prediction_id": pid, "y": _json(y, f"labels[{i}].y")} for i, (pid, y) in enumerate(labels)]
+        return Call(
+            "POST",
+            self._model_path(name, "/labels"),
+            _learned(LearnBatchResult),
+            json={"labels": body},
+            resend_safe=self.retry_learns,
+            idempotency_key=str(uuid.uuid4()),
+        )
+
+    def _stream_step_call(
+        self,
+        name: str,
+        stream: str,
+        x: Any,
+        y: Any,
+        label_later: bool,
+        idempotency_key: str | None,
+    ) -> Call[StreamResult]:
+        body: dict[str, Any] = {"x": _json(x, "x")}
+        if y is not None:
+            body["y"] = _json(y, "y")
+        if label_later:
+            body["label_later"] = True
+        return Call(
+            "POST",
+            self._model_path(name, f"/streams/{quote(stream, safe='')}/step"),
+            _learned(StreamResult),
+            json=body,
+            resend_safe=self.retry_learns,
+            idempotency_key=idempotency_key or str(uuid.uuid4()),
+        )
+
+    def _stream_steps_call(self, name: str, steps: list[dict[str, Any]]) -> Call[StreamBatchResult]:
+        return Call(
+            "POST",
+            self._model_path(name, "/streams/batch"),
+            _learned(StreamBatchResult),
+            json={"steps": _checked_samples(steps, ("x", "y"), "steps")},
+            resend_safe=self.retry_learns,
+            idempotency_key=str(uuid.uuid4()),
+        )
+
+    def _stream_info_call(self, name: str, stream: str) -> Call[StreamInfo]:
+        return Call(
+            "GET",
+            self._model_path(name, f"/streams/{quote(stream, safe='')}"),
+            _reader(lambda body: StreamInfo.model_validate({"stream": stream, **body})),
+            resend_safe=True,
+        )
+
+    def _reset_stream_call(self, name: str, stream: str) -> Call[None]:
+        return Call("DELETE", self._model_path(name, f"/streams/{quote(stream, safe='')}"), _nothing)
+
+    def _list_streams_call(
+        self, name: str, cursor: str | None, limit: int
+    ) -> Call[tuple[list[StreamInfo], str | None]]:
+        params = f"?limit={limit}" + (f"&cursor={quote(cursor, safe='')}" if cursor else "")
+        return Call(
+            "GET",
+            self._model_path(name, f"/streams{params}"),
+            _reader(
+                lambda body: (
+                    [StreamInfo.model_validate(s) for s in body["streams"]],
+                    body.get("next_cursor"),
+                )
+            ),
             resend_safe=True,
         )
 

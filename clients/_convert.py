@@ -4,8 +4,26 @@ and cut streams into request-sized chunks. Duck-typed: numpy and torch are never
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+
+class NonFiniteValueError(ValueError):
+    """A NaN or an infinity where JSON can only carry finite numbers."""
+
+
+def check_finite(value: Any, field: str) -> Any:
+    """``value`` (already JSON-ready) unchanged; :class:`NonFiniteValueError` naming
+    ``field`` and the position of the first NaN or infinity in it."""
+    stack: list[tuple[Any, str]] = [(value, field)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise NonFiniteValueError(f"{where} is {item}: JSON carries finite numbers only")
+        if isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(item))))
+    return value
 
 
 def to_json_value(value: Any) -> Any:

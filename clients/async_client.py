@@ -23,6 +23,8 @@ from clients.types import (
     Prediction,
     Replica,
     Stats,
+    StreamInfo,
+    StreamResult,
 )
 
 T = TypeVar("T")
@@ -114,16 +116,76 @@ class AsyncClient(BaseClient):
         ]
 
     # --------------------------------------------------------------- prediction
-    async def predict_one(self, name: str, x: Any) -> Prediction:
-        return await self._request(self._predict_one_call(name, x))
+    async def predict_one(
+        self, name: str, x: Any, *, label_later: bool = False, prediction_id: str | None = None
+    ) -> Prediction:
+        """See :meth:`clients.Client.predict_one`."""
+        return await self._request(self._predict_one_call(name, x, label_later, prediction_id))
 
     async def predict_many(
-        self, name: str, xs: Iterable[Any], *, batch_size: int | None = None
+        self, name: str, xs: Iterable[Any], *, batch_size: int | None = None, label_later: bool = False
     ) -> list[Prediction]:
         out: list[Prediction] = []
         for chunk in iter_chunks(xs, batch_size or self.batch_size):
-            out.extend(await self._request(self._predict_batch_call(name, chunk)))
+            out.extend(await self._request(self._predict_batch_call(name, chunk, label_later)))
         return out
+
+    # ------------------------------------------------------------ delayed labels
+    async def label(
+        self, name: str, prediction_id: str, y: Any, *, idempotency_key: str | None = None
+    ) -> LearnResult:
+        """See :meth:`clients.Client.label`."""
+        return await self._request(self._label_call(name, prediction_id, y, idempotency_key))
+
+    async def label_many(
+        self,
+        name: str,
+        labels: Iterable[tuple[str, Any]] | Mapping[str, Any],
+        *,
+        batch_size: int | None = None,
+    ) -> list[LearnResult]:
+        pairs = labels.items() if isinstance(labels, Mapping) else labels
+        out: list[LearnResult] = []
+        for chunk in iter_chunks(pairs, batch_size or self.batch_size):
+            out.extend((await self._request(self._labels_call(name, [(p, y) for p, y in chunk]))).results)
+        return out
+
+    # ------------------------------------------------------------------ streams
+    async def stream_step(
+        self,
+        name: str,
+        stream: str,
+        x: Any,
+        y: Any = None,
+        *,
+        label_later: bool = False,
+        idempotency_key: str | None = None,
+    ) -> StreamResult:
+        """See :meth:`clients.Client.stream_step`."""
+        return await self._request(self._stream_step_call(name, stream, x, y, label_later, idempotency_key))
+
+    async def stream_steps(
+        self, name: str, steps: Iterable[Mapping[str, Any]], *, batch_size: int | None = None
+    ) -> list[StreamResult]:
+        out: list[StreamResult] = []
+        for chunk in iter_chunks(steps, batch_size or self.batch_size):
+            out.extend((await self._request(self._stream_steps_call(name, [dict(s) for s in chunk]))).results)
+        return out
+
+    async def stream_info(self, name: str, stream: str) -> StreamInfo:
+        return await self._request(self._stream_info_call(name, stream))
+
+    async def reset_stream(self, name: str, stream: str) -> None:
+        await self._request(self._reset_stream_call(name, stream))
+
+    async def list_streams(self, name: str, *, page_size: int = 100) -> list[StreamInfo]:
+        out: list[StreamInfo] = []
+        cursor: str | None = None
+        while True:
+            page, cursor = await self._request(self._list_streams_call(name, cursor, page_size))
+            out.extend(page)
+            if not cursor:
+                return out
 
     # --------------------------------------------------------------- inspection
     async def stats(self, name: str) -> Stats:

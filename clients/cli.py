@@ -4,6 +4,7 @@ the service as a subprocess and never imports it."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import itertools
 import json
 import os
@@ -25,7 +26,7 @@ from clients._base import DEFAULT_BASE_URL, DEFAULT_BATCH_SIZE, ENV_API_KEY, ENV
 from clients._render import metrics_table, models_table, stats_table
 from clients.client import Client
 from clients.errors import APIConnectionError, APIError
-from clients.files import open_samples
+from clients.files import label_value, open_samples
 
 app = typer.Typer(help="Train neural networks online over HTTP, one sample at a time.", no_args_is_help=True)
 models_app = typer.Typer(help="Create, list, show and delete models.", no_args_is_help=True)
@@ -339,6 +340,145 @@ def predict(
                 correct += y is not None and p.prediction == y
     if samples.label is not None and total:
         _err().print(f"accuracy {correct / total:.4f} on {total} samples (label {samples.label!r})")
+
+
+# ------------------------------------------------------------ labels and streams
+def _json_value(text: str) -> Any:
+    """A label as typed: JSON (``3``, ``2.5``, ``[1, 2]``), else the text itself."""
+    try:
+        return label_value(json.loads(text))
+    except json.JSONDecodeError:
+        return text
+
+
+def _label_rows(file: Path) -> Iterator[tuple[str, Any]]:
+    """``prediction_id,y`` rows of a CSV with that header, or JSON lines with those fields."""
+    if file.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        with file.open() as f:
+            for n, line in enumerate(f, start=1):
+                if line.strip():
+                    row = json.loads(line)
+                    if not isinstance(row, dict) or "prediction_id" not in row or "y" not in row:
+                        raise ValueError(f"{file.name} line {n}: expected an object with prediction_id and y")
+                    yield str(row["prediction_id"]), label_value(row["y"])
+        return
+    with file.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"prediction_id", "y"} <= set(reader.fieldnames):
+            raise ValueError(f"{file.name}: expected a CSV header with prediction_id and y")
+        for row in reader:
+            yield row["prediction_id"], _json_value(row["y"])
+
+
+@app.command()
+def label(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="the model whose predictions are labelled")],
+    prediction_id: Annotated[
+        str | None, typer.Argument(help="a prediction_id from a label_later predict")
+    ] = None,
+    y: Annotated[str | None, typer.Argument(help="its label (JSON: 3, 2.5, [1, 2])")] = None,
+    file: Annotated[
+        Path | None, typer.Option(help="many labels: CSV (prediction_id,y header) or JSON lines")
+    ] = None,
+    batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
+) -> None:
+    """Learn from predictions made with label_later, now that their labels are known."""
+    if (file is None) == (prediction_id is None) or (prediction_id is not None and y is None):
+        raise _fail("give PREDICTION_ID and Y, or --file")
+    with _client(ctx) as client, _bad_input():
+        if file is None:
+            assert prediction_id is not None and y is not None
+            r = client.label(name, prediction_id, _json_value(y))
+            _out().print_json(json.dumps(r.model_dump(include={"step", "loss", "prediction"})))
+            return
+        if not file.is_file():
+            raise ValueError(f"no such file: {file}")
+        results = client.label_many(name, _label_rows(file), batch_size=batch_size)
+        step = results[-1].step if results else client.get_model(name).step
+    _out().print(f"learned {len(results)} labels; model {escape(name)} is at step {step}")
+
+
+def _stream_rows(file: Path, stream_column: str, label: str | None) -> Iterator[dict[str, Any]]:
+    """A CSV of events (header required): the stream column, an optional label column
+    (an empty cell: no label for that step), and the features (every other column)."""
+    with file.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{file.name} is empty")
+        if stream_column not in header:
+            raise ValueError(f"{file.name} has no column {stream_column!r} (columns: {', '.join(header)})")
+        if label is not None and label not in header:
+            raise ValueError(f"{file.name} has no label column {label!r}")
+        s_at = header.index(stream_column)
+        y_at = header.index(label) if label is not None else None
+        features = [i for i in range(len(header)) if i not in (s_at, y_at)]
+        for n, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            try:
+                step: dict[str, Any] = {"stream": row[s_at], "x": [float(row[i]) for i in features]}
+            except (ValueError, IndexError):
+                raise ValueError(f"{file.name} line {n}: features must be numbers") from None
+            if y_at is not None and row[y_at].strip():
+                step["y"] = _json_value(row[y_at])
+            yield step
+
+
+def _count_rows(file: Path) -> int:
+    with file.open(newline="") as f:
+        return max(0, sum(1 for row in csv.reader(f) if row) - 1)
+
+
+@app.command()
+def stream(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="a stateful rnn model")],
+    file: Annotated[Path, typer.Argument(help="CSV of events, one time step per row, in order")],
+    stream_column: Annotated[str, typer.Option(help="the column naming each row's stream")] = "stream",
+    label: Annotated[str | None, typer.Option(help="the label column (empty cells: no label)")] = None,
+    batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
+) -> None:
+    """Replay a CSV of events through a stateful model's streams, in file order."""
+    with _bad_input():
+        if not file.is_file():
+            raise ValueError(f"no such file: {file}")
+        total = _count_rows(file)
+    steps = labelled = correct = 0
+    loss_sum = 0.0
+    started = time.perf_counter()
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>8.0f} steps/s"),
+        TextColumn("{task.fields[summary]}"),
+    ]
+    with (
+        _client(ctx) as client,
+        _bad_input(),
+        Progress(*columns, TimeElapsedColumn(), console=_err()) as progress,
+    ):
+        bar = progress.add_task(f"stream {name}", total=total, rate=0.0, summary="")
+        rows = _stream_rows(file, stream_column, label)
+        while chunk := list(itertools.islice(rows, batch_size)):
+            for step, result in zip(
+                chunk, client.stream_steps(name, chunk, batch_size=batch_size), strict=True
+            ):
+                steps += 1
+                if result.loss is not None:
+                    labelled += 1
+                    loss_sum += result.loss
+                    correct += result.prediction == step.get("y")
+            rate = steps / max(time.perf_counter() - started, 1e-9)
+            summary = f"loss {loss_sum / labelled:.4f} acc {correct / labelled:.4f}" if labelled else ""
+            progress.update(bar, advance=len(chunk), rate=rate, summary=summary)
+    elapsed = time.perf_counter() - started
+    text = f"{steps} steps ({labelled} labelled) in {elapsed:.1f} s"
+    if labelled:
+        text += f", mean loss {loss_sum / labelled:.4f}, prequential accuracy {correct / labelled:.4f}"
+    _out().print(text)
 
 
 # ------------------------------------------------------------------ stats/metrics

@@ -22,6 +22,8 @@ from clients.types import (
     Prediction,
     Replica,
     Stats,
+    StreamInfo,
+    StreamResult,
 )
 
 T = TypeVar("T")
@@ -121,17 +123,86 @@ class Client(BaseClient):
         ]
 
     # --------------------------------------------------------------- prediction
-    def predict_one(self, name: str, x: Any) -> Prediction:
-        return self._request(self._predict_one_call(name, x))
+    def predict_one(
+        self, name: str, x: Any, *, label_later: bool = False, prediction_id: str | None = None
+    ) -> Prediction:
+        """Eval-mode prediction. With ``label_later`` (or your own ``prediction_id``) the
+        service keeps it until :meth:`label` brings its label: the answer's
+        ``prediction_id`` says which."""
+        return self._request(self._predict_one_call(name, x, label_later, prediction_id))
 
     def predict_many(
-        self, name: str, xs: Iterable[Any], *, batch_size: int | None = None
+        self, name: str, xs: Iterable[Any], *, batch_size: int | None = None, label_later: bool = False
     ) -> list[Prediction]:
         return [
             p
             for chunk in iter_chunks(xs, batch_size or self.batch_size)
-            for p in self._request(self._predict_batch_call(name, chunk))
+            for p in self._request(self._predict_batch_call(name, chunk, label_later))
         ]
+
+    # ------------------------------------------------------------ delayed labels
+    def label(
+        self, name: str, prediction_id: str, y: Any, *, idempotency_key: str | None = None
+    ) -> LearnResult:
+        """Learn from a ``label_later`` prediction's stored input: one step; the answer's
+        ``prediction`` is the one served then. 404: unknown or expired id; 409: labelled."""
+        return self._request(self._label_call(name, prediction_id, y, idempotency_key))
+
+    def label_many(
+        self,
+        name: str,
+        labels: Iterable[tuple[str, Any]] | Mapping[str, Any],
+        *,
+        batch_size: int | None = None,
+    ) -> list[LearnResult]:
+        """``(prediction_id, y)`` pairs (or a mapping), one step each, in order, in
+        requests of ``batch_size``. A refused batch raises; the batches before it stay applied."""
+        pairs = labels.items() if isinstance(labels, Mapping) else labels
+        out: list[LearnResult] = []
+        for chunk in iter_chunks(pairs, batch_size or self.batch_size):
+            out.extend(self._request(self._labels_call(name, [(p, y) for p, y in chunk])).results)
+        return out
+
+    # ------------------------------------------------------------------ streams
+    def stream_step(
+        self,
+        name: str,
+        stream: str,
+        x: Any,
+        y: Any = None,
+        *,
+        label_later: bool = False,
+        idempotency_key: str | None = None,
+    ) -> StreamResult:
+        """One time step of ``stream`` (a stateful rnn model): advances its hidden state,
+        predicts, and learns when ``y`` is given."""
+        return self._request(self._stream_step_call(name, stream, x, y, label_later, idempotency_key))
+
+    def stream_steps(
+        self, name: str, steps: Iterable[Mapping[str, Any]], *, batch_size: int | None = None
+    ) -> list[StreamResult]:
+        """``{"stream", "x", "y"?}`` steps of any streams, in order, in requests of ``batch_size``."""
+        out: list[StreamResult] = []
+        for chunk in iter_chunks(steps, batch_size or self.batch_size):
+            out.extend(self._request(self._stream_steps_call(name, [dict(s) for s in chunk])).results)
+        return out
+
+    def stream_info(self, name: str, stream: str) -> StreamInfo:
+        return self._request(self._stream_info_call(name, stream))
+
+    def reset_stream(self, name: str, stream: str) -> None:
+        """Forget the stream's hidden state and window: its next step starts afresh."""
+        self._request(self._reset_stream_call(name, stream))
+
+    def list_streams(self, name: str, *, page_size: int = 100) -> list[StreamInfo]:
+        """Every live stream of the model, page by page."""
+        out: list[StreamInfo] = []
+        cursor: str | None = None
+        while True:
+            page, cursor = self._request(self._list_streams_call(name, cursor, page_size))
+            out.extend(page)
+            if not cursor:
+                return out
 
     # --------------------------------------------------------------- inspection
     def stats(self, name: str) -> Stats:

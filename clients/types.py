@@ -57,10 +57,41 @@ class LearnBatchResult(_Answer):
 
 
 class Prediction(_Answer):
-    """Eval-mode prediction; ``probabilities`` for classification."""
+    """Eval-mode prediction; ``probabilities`` for classification. ``prediction_id`` is
+    set when it was made with ``label_later``: label it with :meth:`~clients.Client.label`."""
 
     prediction: PredictionValue
     probabilities: list[float] | None = None
+    prediction_id: str | None = None
+    step: int | None = None
+
+
+class StreamResult(_Answer):
+    """One time step of a stateful rnn stream: ``t`` is its position in the stream, the
+    prediction was made from the advanced hidden state before learning; ``loss`` (and a
+    new ``step``) only when ``y`` was given; ``prediction_id`` with ``label_later``."""
+
+    stream: str
+    t: int
+    prediction: PredictionValue
+    probabilities: list[float] | None = None
+    loss: float | None = None
+    step: int
+    prediction_id: str | None = None
+
+
+class StreamBatchResult(_Answer):
+    step: int
+    results: list[StreamResult]
+    replayed: bool = False
+
+
+class StreamInfo(_Answer):
+    """A live stream of a stateful model: its position and when it last moved."""
+
+    stream: str | None = None
+    t: int
+    updated_at: datetime | None = None
 
 
 class LayerStats(_Answer):

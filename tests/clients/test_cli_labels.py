@@ -1,0 +1,37 @@
+"""``onlinenorm label`` end to end against the REAL service."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from clients import Client
+from tests.clients.conftest import LiveService
+from tests.clients.test_cli import run
+
+
+def test_label_one_and_a_file(
+    live_service: LiveService, client: Client, model_name: str, tmp_path: Path
+) -> None:
+    client.create_model(name=model_name, task="classification", input_shape=[3], num_classes=2)
+    served = [client.predict_one(model_name, [float(i), 1.0, -1.0], label_later=True) for i in range(4)]
+    code, out, err = run(live_service, "label", model_name, served[0].prediction_id, "1")
+    assert code == 0, err
+    assert json.loads(out) == {"step": 1, "loss": json.loads(out)["loss"], "prediction": served[0].prediction}
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text(
+        "prediction_id,y\n" + "".join(f"{p.prediction_id},{i % 2}\n" for i, p in enumerate(served[1:3]))
+    )
+    code, out, err = run(live_service, "label", model_name, "--file", str(csv_file))
+    assert code == 0, err
+    assert "learned 2 labels" in out and "step 3" in out
+    jsonl = tmp_path / "labels.jsonl"
+    jsonl.write_text(json.dumps({"prediction_id": served[3].prediction_id, "y": 0}) + "\n")
+    code, out, err = run(live_service, "label", model_name, "--file", str(jsonl))
+    assert code == 0 and "step 4" in out, err
+    # Errors name the problem; nothing is learned.
+    code, out, err = run(live_service, "label", model_name, served[0].prediction_id, "1")
+    assert code != 0 and "labelled already" in (out + err)
+    code, out, err = run(live_service, "label", model_name)
+    assert code != 0 and "PREDICTION_ID" in (out + err)
+    assert client.get_model(model_name).step == 4
