@@ -1,7 +1,10 @@
 """``OnlineLearner``: one optimizer step per sample, prequential, exactly restorable.
 
 What the service drives. Names follow River (``learn_one``, ``predict_one``,
-``learn_many``, ``predict_many``) because every online-learning user knows them.
+``learn_many``, ``predict_many``) because every online-learning user knows them. A
+stateful rnn (``network.stateful``) learns and predicts through
+:meth:`OnlineLearner.stream_step` instead, one time step of one stream per call
+(:mod:`model.stream` has its maths and its Online Normalization rule).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from model.state_io import (
     prefixed,
     unprefixed,
 )
+from model.stream import StatefulRNN
+from model.stream_state import StreamLayout, StreamState
 
 STATE_FORMAT = 1
 PredictionValue = int | float | list[float]
@@ -39,6 +44,10 @@ StepPath = Literal["auto", "fast", "eager"]
 
 class InvalidSampleError(ValueError):
     """``x`` or ``y`` does not fit the model's spec; the message names the problem."""
+
+
+class StreamRequiredError(InvalidSampleError):
+    """A stateful rnn takes one time step of one stream per call: use ``stream_step``."""
 
 
 class StepRolledBackError(Exception):
@@ -91,6 +100,18 @@ class LearnResult:
     step: int
     loss: float
     prediction: PredictionValue
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """One time step of a stream: its position ``t`` (0 for the stream's first step),
+    the prediction made from the hidden state after ``x_t`` and before learning, the
+    loss of the step's update (``None`` without ``y``) and the learner's step count."""
+
+    t: int
+    prediction: Prediction
+    loss: float | None
+    step: int
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -211,6 +232,8 @@ class OnlineLearner:
         self.path: Literal["fast", "eager"] = "eager" if self._fast is None else "fast"
         self.metrics = PrequentialMetrics(task=self.spec.task)
         self.step = 0
+        #: the shapes of this model's stream states; ``None`` unless the spec is stateful
+        self.stream_layout = StreamLayout.of(self.spec) if self.spec.network.stateful else None
         self._norms = online_norm_layers(self.network)
         self._state_buffers = [b for _, m in self._norms for b in m.buffers(recurse=False)]
         self._backup = [b.clone() for b in self._state_buffers]
@@ -320,12 +343,20 @@ class OnlineLearner:
             return [Prediction(v[0]) for v in values]
         return [Prediction(v) for v in values]
 
+    def _stateless(self) -> None:
+        if self.stream_layout is not None:
+            raise StreamRequiredError(
+                f"model {self.spec.name!r} is a stateful rnn: it takes one time step of a stream per call"
+            )
+
     def predict_one(self, x: Any) -> Prediction:
         """Eval-mode prediction (frozen normalizer statistics); changes nothing."""
+        self._stateless()
         return self._decode(self._forward_eval(self.check_x(x)[None]))[0]
 
     def predict_many(self, xs: Sequence[Any]) -> list[Prediction]:
         """Predictions for many samples in one eval-mode forward; changes nothing."""
+        self._stateless()
         if len(xs) == 0:
             return []
         batch = torch.stack([self.check_x(x) for x in xs])
@@ -334,10 +365,12 @@ class OnlineLearner:
     # ------------------------------------------------------------------- learning
     def learn_one(self, x: Any, y: Any) -> LearnResult:
         """Predict, then take one optimizer step on ``(x, y)``."""
+        self._stateless()
         return self._step(self.check_x(x), self.check_y(y))
 
     def learn_many(self, xs: Sequence[Any], ys: Sequence[Any]) -> list[LearnResult]:
         """One step per sample, in order. Every sample is validated before any is applied."""
+        self._stateless()
         if len(xs) != len(ys):
             raise InvalidSampleError(f"got {len(xs)} inputs but {len(ys)} targets")
         checked = []
@@ -475,6 +508,128 @@ class OnlineLearner:
         self.step += 1
         self.metrics.update(loss_value, score)
         return LearnResult(step=self.step, loss=loss_value, prediction=prediction)
+
+    # -------------------------------------------------------------------- streams
+    def _layout(self) -> StreamLayout:
+        if self.stream_layout is None:
+            raise StreamRequiredError(f"model {self.spec.name!r} is not a stateful rnn: it has no streams")
+        return self.stream_layout
+
+    def new_stream(self) -> StreamState:
+        """The state of a stream that has seen nothing (what ``None`` means in :meth:`stream_step`)."""
+        return StreamState.empty(self._layout())
+
+    def stream_state_from_parts(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> StreamState:
+        """A stream state from :meth:`StreamState.to_parts`, checked against this model
+        (``ValueError`` if it does not fit)."""
+        return StreamState.from_parts(tensors, meta, self._layout())
+
+    def stream_state_bytes(self, state: StreamState) -> bytes:
+        """One stream's state as bytes: safetensors + JSON, deterministic."""
+        tensors, meta = state.to_parts()
+        return dump_state(tensors, {"stream": meta})
+
+    def stream_state_from_bytes(self, data: bytes) -> StreamState:
+        """Inverse of :meth:`stream_state_bytes` (``ValueError`` on a malformed blob)."""
+        tensors, meta = load_state(data)
+        return self.stream_state_from_parts(tensors, meta.get("stream"))
+
+    def _check_stream(self, state: StreamState | None, layout: StreamLayout) -> StreamState:
+        if state is None:
+            return StreamState.empty(layout)
+        if not isinstance(state, StreamState):
+            raise InvalidSampleError(f"state must be a StreamState or None (got {type(state).__name__})")
+        fits = tuple(state.h0.shape) == (layout.total_hidden,) and len(state.steps) <= min(
+            state.t, layout.bptt
+        )
+        if fits and state.steps:
+            last = state.steps[-1]
+            fits = tuple(last.inputs.shape) == (layout.features,) and (last.mu is not None) == layout.online
+        if not fits:
+            raise InvalidSampleError("the stream state is not one of this model's")
+        return state
+
+    def stream_step(
+        self, state: StreamState | None, x: Any, y: Any = None
+    ) -> tuple[StreamState, StreamResult]:
+        """One time step ``x`` of one stream whose state is ``state`` (``None``: a new stream).
+
+        Advances the stream with ``x`` and predicts from its new hidden state; with ``y``,
+        then learns by truncated BPTT over the stream's last ``bptt`` steps: one
+        optimizer step. Returns the stream's new state (``state`` itself is never
+        modified) and the result. ``x``, ``y`` and ``state`` are checked first
+        (:class:`InvalidSampleError`, nothing changed). On a non-finite output without
+        ``y`` raises :class:`NonFinitePredictionError`; on a non-finite loss, gradient or
+        updated weights :class:`NonFiniteStepError`; if the computation raised
+        :class:`StepFailedError`: in all three the learner is left byte for byte as before.
+        """
+        layout = self._layout()
+        xt = self.check_x(x)
+        yt = None if y is None else self.check_y(y)
+        state = self._check_stream(state, layout)
+        health = self._save_norm_state()
+        try:
+            return self._stream_step(state, xt, yt, layout)
+        except LearnerCorruptedError:
+            raise
+        except (StepRolledBackError, NonFinitePredictionError):
+            self._restore_norm_state(health)
+            self._clear_grads()
+            raise
+        except Exception as exc:
+            self._restore_norm_state(health)
+            self._clear_grads()
+            raise _step_failed(exc) from exc
+
+    def _stream_step(
+        self, state: StreamState, x: Tensor, y: Tensor | None, layout: StreamLayout
+    ) -> tuple[StreamState, StreamResult]:
+        network = self.network
+        assert isinstance(network, StatefulRNN)
+        self._set_training(True)  # the arrival advances the forward statistics, once
+        out, arrived = network.advance(x.to(self.device), state.hidden.to(self.device))
+        if self.device.type != "cpu":
+            arrived = type(arrived)(*(None if t is None else t.cpu() for t in vars(arrived).values()))
+        new_state = state.pushed(arrived, layout.bptt)
+        if y is None:
+            prediction = self._decode(out)[0]  # NonFinitePredictionError if it is not finite
+            return new_state, StreamResult(state.t, prediction, None, self.step)
+        self._set_training(False)  # the window records no health signal
+        controls = network.controls()
+        self._clear_grads()
+        with torch.enable_grad():
+            window_out = network.window(new_state, controls)
+            loss = self._loss(window_out, y[None].to(self.device))
+            loss.backward()
+        grads = [p.grad for p in self._params if p.grad is not None]
+        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        max_norm = self.spec.optimizer.clip_grad_norm
+        if max_norm is not None:
+            torch._foreach_mul_(grads, torch.clamp(max_norm / (grad_norm + 1e-6), max=1.0))
+        loss_value, grad_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()
+        if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
+            raise _non_finite(loss_value, grad_value)
+        try:
+            prediction = self._decode(out)[0]
+        except NonFinitePredictionError as exc:
+            raise NonFiniteStepError(f"{exc}; the step was rolled back") from exc
+        self._guard.save()
+        try:
+            self.optimizer.step()
+        except Exception as exc:
+            raise _update_failed(exc) from exc
+        if not self._guard.finite():
+            self._guard.restore()
+            raise _non_finite_weights()
+        for control in controls:  # u, v: once per optimizer step, after it is certain
+            control.commit()
+        self.step += 1
+        if self._classify:
+            score = float(prediction.prediction == int(y))
+        else:
+            score = float((torch.as_tensor(prediction.prediction, dtype=torch.float32) - y).abs().mean())
+        self.metrics.update(loss_value, score)
+        return new_state, StreamResult(state.t, prediction, loss_value, self.step)
 
     # --------------------------------------------------------------- inspection
     def layer_names(self) -> list[str]:
