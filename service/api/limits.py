@@ -37,7 +37,7 @@ def content_type_problem(value: bytes | str | None) -> str | None:
     for param in params.split(";"):
         key, _, val = param.partition("=")
         if key.strip().lower() == "charset" and val.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            return f"charset {val.strip()!r} is not supported: request bodies are UTF-8 JSON"
+            return f"charset {val.strip()!r} is not supported: request bodies are application/json in UTF-8"
     return None
 
 

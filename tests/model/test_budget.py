@@ -121,3 +121,27 @@ def test_the_largest_activation_of_a_cnn_is_its_widest_block() -> None:
     assert est.largest_activation == 8192 * 1024 * 1024 * 4  # 32 GiB: refused at create
     assert format_bytes(est.largest_activation) == "32.0 GiB"
     assert format_bytes(512) == "512 B" and format_bytes(1536) == "1.5 KiB"
+
+
+def test_a_stateful_rnn_step_holds_a_window_of_bptt_steps() -> None:
+    """A stateful rnn takes one time step ``[F]`` per call and learns over its last
+    ``bptt`` steps: one step holds what a ``[bptt, F]`` sequence does."""
+    from model.budget import _hidden_elements
+
+    stateful = ModelSpec.model_validate(
+        {
+            "name": "s",
+            "task": "regression",
+            "input_shape": [3],
+            "network": {"kind": "rnn", "stateful": True, "bptt": 12, "hidden": [16, 8]},
+        }
+    )
+    sequence = ModelSpec.model_validate(
+        {
+            "name": "q",
+            "task": "regression",
+            "input_shape": [12, 3],
+            "network": {"kind": "rnn", "hidden": [16, 8]},
+        }
+    )
+    assert _hidden_elements(stateful) == _hidden_elements(sequence)
