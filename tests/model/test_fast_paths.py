@@ -128,3 +128,26 @@ def test_direct_apply_equals_function_apply() -> None:
         results.append((out.detach(), xx.grad, *state[:4]))
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("numpy_step", [True, False], ids=["numpy", "torch"])
+def test_float64_state_for_float32_inputs_steps_like_a_float64_layer(numpy_step: bool, monkeypatch) -> None:
+    """``state_dtype=float64``: a float32 layer's state advances as a float64 layer's
+    does on the same (float32-exact) inputs, on the numpy and torch steps and in a scan."""
+    monkeypatch.setattr(F, "NUMPY_STEP", numpy_step)
+    mixed = OnlineNorm1d(C, alpha_fwd=0.9, alpha_bkw=0.8, ecm=None, state_dtype=torch.float64)
+    ref = OnlineNorm1d(C, alpha_fwd=0.9, alpha_bkw=0.8, ecm=None).double()
+    rng = rng_for("f64-state", numpy_step)
+    for n in (1, 1, 5, 1):
+        x = make_input(rng, n, ())
+        dz = make_grad(rng, n, ())
+        xm = torch.tensor(x, dtype=torch.float32, requires_grad=True)
+        xr = torch.tensor(x, requires_grad=True)
+        mixed(xm).backward(torch.tensor(dz, dtype=torch.float32))
+        ref(xr).backward(torch.tensor(dz))
+        assert xm.grad.dtype == torch.float32
+        assert_rel(xm.grad, xr.grad, 1e-6, f"dx n={n}")
+    for name in STATE[:4]:
+        assert getattr(mixed, name).dtype == torch.float64
+        assert_rel(getattr(mixed, name), getattr(ref, name), 1e-6, name)
+    assert_rel(mixed.mu, ref.mu, 1e-13, "mu (inputs are float32-exact: float64 all the way)")

@@ -100,3 +100,15 @@ def test_spec_group_size_reaches_every_hidden_layer(network: dict) -> None:
     assert unsupported_reason(spec, torch.device("cpu")) is not None  # eager reference path
     plain = spec.model_copy(update={"norm": spec.norm.model_copy(update={"ls_group_size": None})})
     assert all(m.compensation.group_size is None for _, m in online_norm_layers(build_network(plain))[1:])
+
+
+def test_stateful_rnn_specs_take_the_eager_step() -> None:
+    spec = ModelSpec.model_validate(
+        {
+            "name": "s",
+            "task": "regression",
+            "input_shape": [3],
+            "network": {"kind": "rnn", "stateful": True, "hidden": [4]},
+        }
+    )
+    assert "stateful" in (unsupported_reason(spec, torch.device("cpu")) or "")
