@@ -25,6 +25,7 @@ from model.learner import OnlineLearner, resolve_device
 from service.api.hot import HotRoutes
 from service.api.limits import BodyLimitMiddleware, ContentTypeMiddleware
 from service.api.main import include_routes
+from service.api.openapi import install_openapi
 from service.auth import Authenticator
 from service.cluster.replica import Replica
 from service.config import Settings, get_settings
@@ -173,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.hot = HotRoutes(app.state)
     install_error_handlers(app)
     include_routes(app)
+    install_openapi(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
     app.add_middleware(ContentTypeMiddleware)
     if settings.CORS_ORIGINS:  # closed unless origins are listed

@@ -35,7 +35,15 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 HealthDep = Annotated[RedisHealth, Depends(get_health)]
 NAME_RE = re.compile(NAME_PATTERN)
-ModelName = Annotated[str, Path(description=f"model name, matching {NAME_PATTERN}", examples=["digits"])]
+ModelName = Annotated[
+    str,
+    Path(
+        description=f"model name, matching {NAME_PATTERN}",
+        examples=["digits"],
+        # documented, not enforced here: get_any_model's 422 names the bad name itself
+        json_schema_extra={"pattern": NAME_PATTERN},
+    ),
+]
 
 
 async def get_replica(request: Request) -> Replica:

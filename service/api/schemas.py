@@ -95,9 +95,10 @@ class LearnBatchResponse(BaseModel):
 
 
 class NonFiniteBody(ErrorBody):
-    """A step's loss or gradient was not finite: it was rolled back, the model goes on."""
+    """An invalid body or sample (``detail`` only: nothing applied), or a step whose loss
+    or gradient was not finite: it was rolled back (with ``step``), the model goes on."""
 
-    step: int
+    step: int | None = Field(None, description="non-finite step: the model's step, unchanged by it")
     index: int | None = Field(
         None, description="learn/batch: the failing sample; those before it were applied"
     )
