@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from starlette.types import Receive, Scope, Send
 
 from model.learner import OnlineLearner, resolve_device
+from service.api.docs import mount_docs
 from service.api.hot import HotRoutes
 from service.api.limits import BodyLimitMiddleware, ContentTypeMiddleware
 from service.api.main import include_routes
@@ -166,6 +167,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from the package's assets, not a CDN (service.api.docs)
+        redoc_url=None,
     )
     telemetry = Telemetry()
     app.state.settings = settings
@@ -175,6 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     include_routes(app)
     install_openapi(app)
+    mount_docs(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
     app.add_middleware(ContentTypeMiddleware)
     if settings.CORS_ORIGINS:  # closed unless origins are listed
