@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
@@ -138,12 +139,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await warm_up  # a worker thread: it cannot be cancelled, and it ends on its own
+        stopping = time.monotonic()
         if started:
+            owned = len(replica.owned())
             await replica.stop()
+            logger.info(
+                "handed over %d model(s)%s in %.1f s",
+                owned,
+                " with final snapshots" if settings.SNAPSHOT_ON_SHUTDOWN else "",
+                time.monotonic() - stopping,
+            )
         await health.stop()
         await client.aclose()
         if embedded is not None:
+            logger.info("stopping the embedded Redis (it flushes its append-only file)")
             await asyncio.to_thread(embedded.stop)
+            logger.info("embedded Redis stopped (data in %s)", settings.DATA_DIR)
+        logger.info("shut down in %.1f s", time.monotonic() - stopping)
 
 
 class ServiceApp(FastAPI):
