@@ -189,6 +189,8 @@ class ModelSpec(_Strict):
             if self.output_dim is not None and not 1 <= self.output_dim <= MAX_WIDTH:
                 raise ValueError(f"output_dim must be between 1 and {MAX_WIDTH} (got {self.output_dim})")
         kind = self.network_kind
+        if self.network.kind is None:  # resolved once, so every reader of the spec sees it
+            object.__setattr__(self, "network", self.network.model_copy(update={"kind": kind}))
         if self.network.stateful and kind != "rnn":
             raise ValueError(f"network.stateful is for rnn (got network.kind {kind!r})")
         rank = {"mlp": None, "rnn": 1 if self.network.stateful else 2, "cnn": 3}[kind]

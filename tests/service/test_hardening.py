@@ -163,3 +163,12 @@ def test_a_stats_id_redis_refuses_is_422(client: httpx.Client) -> None:
     r = client.get("/v1/models/m/stats/history", params={"since": top})
     assert r.status_code == 422, r.text
     assert top in r.json()["detail"]
+
+
+def test_the_network_kind_is_resolved_in_the_spec(client: httpx.Client) -> None:
+    """The dashboard's pill and index read ``spec.network.kind``: never null."""
+    assert create(client, spec())["spec"]["network"]["kind"] == "mlp"
+    seq = create(client, {"name": "seq", "task": "regression", "input_shape": [5, 2]})
+    assert seq["spec"]["network"]["kind"] == "rnn"
+    listed = {m["name"]: m["spec"]["network"]["kind"] for m in client.get("/v1/models").json()["models"]}
+    assert listed == {"m": "mlp", "seq": "rnn"}
