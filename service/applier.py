@@ -26,7 +26,7 @@ import orjson
 from service.answers import Answer
 from service.errors import ConflictError, InvalidInputError
 from service.idempotency import IdempotencyRecords, Record, fingerprint
-from service.live import LiveModel, Outcome
+from service.live import STREAM_KINDS, LiveModel, Outcome
 from service.store.log import SYNC, LogEntry, Rollback
 
 
@@ -82,6 +82,8 @@ def apply_entry(
 def _learn(
     model: LiveModel, entry: LogEntry, recorded: Rollback | None, xs: list[Any] | None, ys: list[Any] | None
 ) -> tuple[Outcome, Rollback | None]:
+    if entry.kind in STREAM_KINDS:
+        return _stream_steps(model, entry, recorded, xs)
     try:
         if xs is None or ys is None:
             xs, ys = _samples(entry)
@@ -97,4 +99,30 @@ def _learn(
         return outcome, Rollback(outcome.applied, outcome.error)
     if recorded is not None:
         return Outcome(entry.kind, outcome.step, outcome.results, recorded.error, recorded.applied), None
+    return outcome, None
+
+
+def _stream_steps(
+    model: LiveModel, entry: LogEntry, recorded: Rollback | None, steps: list[Any] | None
+) -> tuple[Outcome, Rollback | None]:
+    """Stream steps ``[[stream, x, y or null], ...]`` (or a reset ``[[stream]]``), as
+    :func:`_learn` applies learns."""
+    try:
+        if steps is None:
+            steps = [tuple(s) for s in orjson.loads(entry.samples_json)]
+        if recorded is not None:
+            steps = steps[: recorded.applied]
+        outcome = model.apply_streams(entry.kind, steps, entry.time_ms)
+    except (ValueError, TypeError, IndexError) as exc:
+        error = f"log entry {entry.id} cannot be applied to this model ({exc}); it was skipped"
+        return Outcome(entry.kind, model.step, [], error, 0), Rollback(0, error)
+    if outcome.error is not None:
+        return outcome, Rollback(outcome.applied, outcome.error)
+    if recorded is not None:
+        return (
+            Outcome(
+                entry.kind, outcome.step, outcome.results, recorded.error, recorded.applied, outcome.extras
+            ),
+            None,
+        )
     return outcome, None

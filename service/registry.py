@@ -28,6 +28,7 @@ from service.live import LiveModel
 from service.remote import RemoteLearns
 from service.store import catalog, events, log, snapshots
 from service.store.connection import UNREACHABLE, RedisHealth
+from service.store.pending import LabelCounts
 from service.telemetry import Telemetry
 from service.writer import LearnJob, ModelWriter
 
@@ -59,6 +60,7 @@ class ModelHandle:
         self.unrecoverable: str | None = None  # why it cannot be served, if so
         self.spec_valid = True  # False: ``model`` is a placeholder, the spec itself is unreadable
         self.state_lock = asyncio.Lock()  # a takeover and a follower refresh never overlap
+        self.label_counts: LabelCounts | None = None  # the delayed labels' figures last read
 
     @property
     def spec(self) -> ModelSpec:
@@ -173,7 +175,16 @@ class Registry:
         except ValueError as exc:
             logger.error("model %s cannot be served: its spec is invalid here: %s", name, exc)
             return self._broken(name, incarnation, layers, created_at, f"its spec is invalid: {exc}")
-        return self._handle(incarnation, layers, LiveModel(name, learner, created_at))
+        return self._handle(incarnation, layers, self._live(name, learner, created_at))
+
+    def _live(self, name: str, learner: OnlineLearner, created_at: float) -> LiveModel:
+        return LiveModel(
+            name,
+            learner,
+            created_at,
+            stream_ttl_seconds=self.settings.STREAM_TTL_SECONDS,
+            max_streams=self.settings.MAX_STREAMS,
+        )
 
     def _handle(self, incarnation: str, layers: list[str], model: LiveModel) -> ModelHandle:
         name = model.name
@@ -275,7 +286,7 @@ class Registry:
         if existing is not None:
             raise ConflictError(f"a model named {spec.name!r} already exists")
         layers = learner.layer_names()
-        handle = self._handle(incarnation, layers, LiveModel(spec.name, learner, created_at=now))
+        handle = self._handle(incarnation, layers, self._live(spec.name, learner, now))
         handle.follower.set_current(log.START_ID, log.START_ID)
         previous = self._handles.get(spec.name)
         if previous is not None:

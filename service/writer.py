@@ -238,7 +238,7 @@ class ModelWriter:
         :class:`FencedError` if the lease was lost meanwhile."""
         for a in applied:
             outcome = a.answer.outcome
-            if outcome is not None and outcome.results and not a.answer.replayed:
+            if outcome is not None and outcome.changed_state and not a.answer.replayed:
                 self._state_changed = True
         try:
             await self._record(applied, {})
@@ -463,7 +463,7 @@ class ModelWriter:
                 out.append(Applied(entry, Answer(), log.Rollback(exc.index, f"the step failed ({exc})")))
                 return out, True
             outcome = a.answer.outcome
-            if outcome is not None and outcome.results and not a.answer.replayed:
+            if outcome is not None and outcome.changed_state and not a.answer.replayed:
                 self._state_changed = True
             out.append(a)
         return out, False

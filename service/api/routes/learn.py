@@ -23,7 +23,7 @@ from service.api.schemas import (
     NonFiniteBody,
     json_body,
 )
-from service.errors import NonFiniteStepRejected, json_response
+from service.errors import InvalidInputError, NonFiniteStepRejected, json_response
 from service.live import Outcome
 from service.registry import ModelHandle
 from service.store import log
@@ -59,6 +59,12 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+STATEFUL_LEARN = (
+    "this model is a stateful rnn: it learns one time step of a stream at a time, through "
+    "POST .../streams/{stream}/step or .../streams/batch"
+)
+
+
 def result_json(r: Any) -> dict[str, Any]:
     return {"step": r.step, "loss": r.loss, "prediction": r.prediction}
 
@@ -88,6 +94,8 @@ async def _submit(
 ) -> Answer:
     """Validate here, then have the owner apply it (this replica, or another through the log)."""
     key = bodies.idempotency_key(key)
+    if handle.model.streams is not None:
+        raise InvalidInputError(STATEFUL_LEARN)
     xs, ys = await bodies.check_samples(handle.model.learner, samples, with_y=True, batch=batch, raw=raw)
     job = LearnJob(kind, xs, ys, orjson.dumps(samples), key, log.new_req())
     answer = await handle.submit(job)

@@ -28,7 +28,7 @@ from service.api.schemas import (
     json_body,
 )
 from service.config import Settings
-from service.errors import ConflictError, NotFoundError, UnavailableError, json_response
+from service.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError, json_response
 from service.label_telemetry import label_telemetry
 from service.registry import ModelHandle
 from service.store import pending
@@ -71,6 +71,14 @@ def _item(p: Prediction) -> dict[str, Any]:
     if p.probabilities is None:
         return {"prediction": p.prediction}
     return {"prediction": p.prediction, "probabilities": p.probabilities}
+
+
+def _stateless(handle: ModelHandle) -> None:
+    if handle.model.streams is not None:
+        raise InvalidInputError(
+            "this model is a stateful rnn: it predicts from a stream's hidden state, through "
+            "POST .../streams/{stream}/step (without y)"
+        )
 
 
 def _plain(body: Any) -> bool:
@@ -140,6 +148,7 @@ def _answer(p: Prediction, sample: label_bodies.PredictSample | None) -> dict[st
 async def predict_sample(handle: ModelDep, request: Request, settings: SettingsDep) -> Response:
     """Predict one sample (+ class probabilities for classification)."""
     started = time.perf_counter()
+    _stateless(handle)
     body = await bodies.read_json(request)
     later = None if _plain(body) else label_bodies.predict_sample(body, "body")
     sample = [later.x] if later is not None else bodies.sample_fields(body, _FIELDS)
@@ -161,6 +170,7 @@ async def predict_sample(handle: ModelDep, request: Request, settings: SettingsD
 async def predict_batch(handle: ModelDep, request: Request, settings: SettingsDep) -> Response:
     """Predict many samples in one eval-mode forward pass."""
     started = time.perf_counter()
+    _stateless(handle)
     body = await bodies.read_json(request)
     later = None
     if _later_batch(body):

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from service.api.deps import ModelDep, ReadAccess, SettingsDep
 from service.api.schemas import ErrorBody, MetricsResponse, StatsResponse
 from service.errors import NotFoundError, json_response
-from service.label_metrics import label_metrics
+from service.model_metrics import extra_metrics
 
 router = APIRouter(prefix="/v1/models/{name}", tags=["inspect"], dependencies=[ReadAccess])
 
@@ -46,5 +46,5 @@ async def read_metrics(handle: ModelDep, settings: SettingsDep) -> Response:
     model = handle.model
     step, metrics = await asyncio.to_thread(model.read_metrics)
     latency = {"learn": model.learn_latency.summary(), "predict": model.predict_latency.summary()}
-    labels = await label_metrics(handle, settings)
-    return json_response(200, {"step": step, **metrics, **labels, "latency": latency})
+    extra = await extra_metrics(handle, settings)
+    return json_response(200, {"step": step, **metrics, **extra, "latency": latency})
