@@ -35,3 +35,34 @@ def test_label_one_and_a_file(
     code, out, err = run(live_service, "label", model_name)
     assert code != 0 and "PREDICTION_ID" in (out + err)
     assert client.get_model(model_name).step == 4
+
+
+def test_stream_replays_a_csv_of_events(
+    live_service: LiveService, client: Client, model_name: str, tmp_path: Path
+) -> None:
+    client.create_model(
+        name=model_name,
+        task="classification",
+        input_shape=[2],
+        num_classes=2,
+        network={"kind": "rnn", "stateful": True, "hidden": [8], "bptt": 4},
+    )
+    rows = ["device,a,b,label"]
+    for i in range(30):
+        label = "" if i % 3 else str(i % 2)
+        rows.append(f"dev-{i % 3},{i * 0.1:.2f},{(-1) ** i},{label}")
+    events = tmp_path / "events.csv"
+    events.write_text("\n".join(rows) + "\n")
+    code, out, err = run(
+        live_service, "stream", model_name, str(events), "--stream-column", "device", "--label", "label"
+    )
+    assert code == 0, err
+    assert "30 steps (10 labelled)" in out
+    assert client.get_model(model_name).step == 10
+    assert {s.stream: s.t for s in client.list_streams(model_name, page_size=2)} == {
+        "dev-0": 10,
+        "dev-1": 10,
+        "dev-2": 10,
+    }
+    code, out, err = run(live_service, "stream", model_name, str(events), "--stream-column", "nope")
+    assert code != 0 and "no column 'nope'" in (out + err)

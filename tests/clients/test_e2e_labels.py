@@ -71,3 +71,38 @@ def test_async_labels(live_service: LiveService, model_name: str) -> None:
                 await client.delete_model(model_name)
 
     asyncio.run(run())
+
+
+def test_stream_steps_sync_and_async(live_service: LiveService, client: Client, model_name: str) -> None:
+    client.create_model(
+        name=model_name,
+        task="regression",
+        input_shape=[1],
+        network={"kind": "rnn", "stateful": True, "hidden": [4], "bptt": 3},
+    )
+    first = client.stream_step(model_name, "s-1", [0.5], 1.0)
+    assert first.stream == "s-1" and first.t == 0 and first.step == 1 and first.loss is not None
+    quiet = client.stream_step(model_name, "s-2", [0.1])
+    assert quiet.loss is None and quiet.step == 1
+    batch = client.stream_steps(
+        model_name, [{"stream": "s-1", "x": [0.2], "y": 0.5}, {"stream": "s-2", "x": [0.3]}]
+    )
+    assert [(r.stream, r.t) for r in batch] == [("s-1", 1), ("s-2", 1)]
+    assert client.stream_info(model_name, "s-1").t == 2
+    client.reset_stream(model_name, "s-1")
+    with pytest.raises(NotFoundError):
+        client.stream_info(model_name, "s-1")
+    with pytest.raises(ValidationError, match="x"):
+        client.stream_step(model_name, "s-1", [math.nan])
+
+    async def run() -> None:
+        async with AsyncClient(live_service.url, api_key=WRITE_KEY) as aclient:
+            r = await aclient.stream_step(model_name, "s-1", [0.5], 1.0)
+            assert r.t == 0  # after the reset
+            rs = await aclient.stream_steps(model_name, [{"stream": "s-3", "x": [1.0]}])
+            assert rs[0].t == 0
+            assert {s.stream for s in await aclient.list_streams(model_name)} == {"s-1", "s-2", "s-3"}
+            await aclient.reset_stream(model_name, "s-3")
+            assert (await aclient.stream_info(model_name, "s-2")).t == 2
+
+    asyncio.run(run())
