@@ -42,7 +42,12 @@ def _errors(batch: int, spatial: tuple[int, ...], steps: int) -> dict[str, tuple
         "ours_f64_state": cls(C, alpha_fwd=ALPHA, affine=False, ecm=None, state_dtype=torch.float64),
     }
     ref = cls(C, alpha_fwd=ALPHA, affine=False, ecm=None).double()  # float64 oracle (test_oracle.py)
-    kernel = [torch.zeros(C), torch.ones(C)]
+    mu0 = x[:64].double().transpose(0, 1).reshape(C, -1).mean(1).float()
+    with torch.no_grad():  # a settled state: from mu = 0 the transient would dominate var
+        for layer in (ref, *layers.values()):
+            layer.mu.copy_(mu0)
+            layer.var.fill_(1e-4)
+    kernel = [mu0.clone(), torch.full((C,), 1e-4)]
     worst = {name: (0.0, 0.0) for name in (*layers, "kernel")}
     with torch.no_grad():
         for step in range(steps):
@@ -64,10 +69,10 @@ def _errors(batch: int, spatial: tuple[int, ...], steps: int) -> dict[str, tuple
 @pytest.mark.parametrize(
     ("batch", "spatial", "steps", "factor"),
     [
-        (1, (), 1500, 1.2),
-        (1, (2, 2), 1500, 1.2),
-        (8, (), 400, 0.75),
-        (8, (3, 3), 400, 0.75),
+        (1, (), 1500, 1.05),
+        (1, (2, 2), 1500, 1.05),
+        (8, (), 400, 1.0),
+        (8, (3, 3), 400, 1.0),
         (32, (4,), 120, 0.5),
     ],
     ids=["N1-NC", "N1-NCHW", "N8-NC", "N8-NCHW", "N32-NCL"],
@@ -75,8 +80,8 @@ def _errors(batch: int, spatial: tuple[int, ...], steps: int) -> dict[str, tuple
 def test_float32_state_matches_or_beats_their_kernel(
     batch: int, spatial: tuple[int, ...], steps: int, factor: float
 ) -> None:
-    """Mean and variance errors at most ``factor`` times the kernel's (1.2: a match, one
-    sample at a time, where both round the same update; below 1: batches beat it)."""
+    """Mean and variance errors at most ``factor`` times the kernel's (1.05: a match, one
+    sample at a time, where both round the same update; 1 and below: batches match or beat it)."""
     worst = _errors(batch, spatial, steps)
     kernel_mu, kernel_var = worst["kernel"]
     ours_mu, ours_var = worst["ours"]
