@@ -21,7 +21,8 @@ from model.stream_state import StreamState
 from service.config import Settings
 from service.store import keys
 from tests.service.conftest import create
-from tests.service.servers import ProcessServer, ThreadServer
+from tests.service.replicas import Replicas
+from tests.service.servers import ProcessServer, ThreadServer, wait_for
 from tests.service.test_ordering import _service_env
 
 pytestmark = pytest.mark.cluster  # also against a real Redis Cluster
@@ -228,3 +229,25 @@ def test_streams_continue_bit_for_bit_after_kill_9(redis_url: str, prefix: str, 
             assert all(math.isfinite(g.get("loss", 0.0)) for g in got)
     finally:
         srv.stop()
+
+
+@pytest.mark.timeout(180)
+def test_streams_through_any_replica(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    spec = stateful_spec()
+    ref = Reference(spec)
+    sent = events(16, ["r1", "r2"], seed=5)
+    with Replicas(redis_url, prefix, tmp_path, 2) as replicas:
+        a, b = (httpx.Client(base_url=u, timeout=30) for u in replicas.urls())
+        with a, b:
+            create(a, spec)
+            replicas.wait_owned(["s"])
+            for i, e in enumerate(sent):
+                r = _step(a if i % 2 else b, e)
+                assert r.status_code == 200, r.text
+                assert r.json() == ref.step(e)
+            for via in (a, b):
+                wait_for(
+                    lambda via=via: via.get("/v1/models/s/streams/r1").json().get("t") == ref.states["r1"].t,
+                    10,
+                    "the follower copy to catch up",
+                )
