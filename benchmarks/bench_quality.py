@@ -19,7 +19,7 @@ River (an optional benchmark dependency, ``pip install river``): LogisticRegress
 HoeffdingAdaptiveTree, ARF and kNN for classification; LinearRegression,
 HoeffdingAdaptiveTree, ARF and kNN for regression; scalers where they need them.
 
-    python benchmarks/bench_quality.py [--json PATH] [--quick] [--sweep] [--groups drift,...]
+    python benchmarks/bench_quality.py [--json PATH] [--quick] [--sweep] [--groups drift,...] [--only NAME]
 
 ``--sweep`` also scores candidate settings for the ON network (the evidence for the
 defaults of ``model/spec.py``); ``--quick`` shortens the generated streams (development).
@@ -467,7 +467,10 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="also score candidate defaults")
     parser.add_argument("--groups", default="static,low-dim,drift,regression", help="stream groups to run")
     parser.add_argument(
-        "--only", default="", help="comma-separated names of our contenders to run (default: all)"
+        "--only",
+        action="append",
+        default=[],
+        help="run only this one of our contenders (repeatable; default: all)",
     )
     parser.add_argument(
         "--river-from", default="", help="reuse River's results from an earlier JSON of the same settings"
@@ -491,7 +494,7 @@ def main() -> int:
 
     cands = contenders(args.sweep)
     if args.only:
-        keep = set(args.only.split(","))
+        keep = set(args.only)
         cands = [c for c in cands if c.name in keep or c.kind == "river"]
     reused = json.loads(Path(args.river_from).read_text())["results"] if args.river_from else {}
     for c in cands:
