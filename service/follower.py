@@ -18,6 +18,7 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from service import executors
 from service.errors import ServiceError
 from service.live import LiveModel
 from service.remote import RemoteLearns
@@ -113,5 +114,5 @@ class FollowerCopy:
         if snap is None:
             return
         if snap.log_id != self.state_log_id:
-            await asyncio.to_thread(self.model.load_state, snap.state, snap.updated_at)
+            await executors.of(self.model).write(self.model.load_state, snap.state, snap.updated_at)
             self.state_log_id = self.as_of = snap.log_id

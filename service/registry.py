@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from model.budget import estimate_memory, format_bytes
 from model.learner import OnlineLearner
 from model.spec import ModelSpec
+from service import executors
 from service.answers import Answer
 from service.config import Settings
 from service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError, UnavailableError
@@ -328,6 +329,7 @@ class Registry:
         if handle.writer is not None:
             await handle.writer.stop("deleted", discard=error)
         await handle.remote.close(error)
+        executors.close(handle.model)  # its threads end once what is queued has run
 
     async def _publish(self, kind: str, subject: str) -> None:
         await events.announce(self.redis, self.prefix, kind, subject, self.replica)

@@ -37,9 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from model.learner import LearnerCorruptedError
+from service import executors
 from service.answers import Answer, SyncReply
 from service.applier import Applied, apply_entry
 from service.config import Settings
@@ -47,7 +48,7 @@ from service.errors import InvalidInputError, ServiceError, UnavailableError
 from service.idempotency import IdempotencyRecords
 from service.live import LiveModel
 from service.store import keys, log, results, snapshots, stats
-from service.store.connection import UNREACHABLE, RedisHealth
+from service.store.connection import UNREACHABLE, RedisHealth, is_out_of_memory
 from service.store.fencing import Fence, FencedError, FencedWrite
 from service.telemetry import Telemetry
 
@@ -56,10 +57,12 @@ logger = logging.getLogger(__name__)
 _RETRY_FIRST = 0.5
 _RETRY_MAX = 30.0
 _BELL_BLOCK_SECONDS = 1.0
-#: Apply a group on the event loop when its steps should take at most this long.
+#: Apply a group on the event loop when its steps should take at most this long (judged
+#: from this model's own step times; until they have been timed, never).
 _INLINE_SECONDS = 0.02
-#: What one sample is assumed to take until the model's own steps have been timed.
-_FIRST_SAMPLE_SECONDS = 0.002
+#: How far one timing moves the average down (up, it moves at once: one slow step is
+#: enough to keep the next group off the event loop).
+_AVERAGE_WEIGHT = 0.25
 
 
 @dataclass(eq=False)
@@ -192,7 +195,8 @@ class ModelWriter:
             settings.SNAPSHOT_EVERY_STEPS, settings.SNAPSHOT_EVERY_SECONDS, snapshot_step
         )
         self._stats = _Schedule(settings.STATS_EVERY_STEPS, settings.STATS_EVERY_SECONDS, snapshot_step)
-        self._sample_seconds = _FIRST_SAMPLE_SECONDS  # a moving average of this model's steps
+        self._sample_seconds: float | None = None  # a moving average of this model's steps
+        self._lanes = executors.of(model)  # this model's own threads: its slowness stays its own
 
     @property
     def last_id(self) -> str:
@@ -347,6 +351,8 @@ class ModelWriter:
             if isinstance(exc, UNREACHABLE):
                 self.health.mark_down(exc)
             else:
+                if _out_of_memory(exc):  # readiness, /metrics and the answers say so now
+                    self.health.note_refusal(exc)
                 logger.warning("model %s: log write refused by Redis: %s", self.model.name, exc)
             self._refuse_unavailable(to_log + self._followers)
             self._followers = []
@@ -362,11 +368,10 @@ class ModelWriter:
         # A group this replica received whose steps are quick is applied right here: a
         # worker thread's hop (and its fight for the GIL) costs more than such steps. A
         # longer one, or entries to parse from the log, runs off the loop.
-        inline = not pending.entries and samples * self._sample_seconds <= _INLINE_SECONDS
-        if inline:
+        if self._inline(samples, bool(pending.entries)):
             applied, corrupted = self._apply_all(entries, pending.rollbacks, own)
         else:
-            applied, corrupted = await asyncio.to_thread(self._apply_all, entries, pending.rollbacks, own)
+            applied, corrupted = await self._lanes.write(self._apply_all, entries, pending.rollbacks, own)
         self.telemetry.apply_seconds.observe(time.perf_counter() - applied_at)
         self._last_id = log.later(self._last_id, pending.last_id)
         if corrupted:
@@ -436,8 +441,24 @@ class ModelWriter:
             self._count(out)
             samples = sum(j.size for j in own.values())
             if samples and len(own) == len(entries):  # this model's own speed, no parsing
-                per_sample = (time.perf_counter() - started) / samples
-                self._sample_seconds += 0.25 * (per_sample - self._sample_seconds)
+                self._timed((time.perf_counter() - started) / samples)
+
+    def _inline(self, samples: int, parsed: bool) -> bool:
+        """Apply on the event loop? Only a group this replica received (nothing to parse),
+        of a model whose steps have been timed short enough, whose lock is free (a forward
+        pass of a big batch holding it would stall the loop for every model)."""
+        average = self._sample_seconds
+        if parsed or average is None or samples * average > _INLINE_SECONDS:
+            return False
+        return not self.model.lock.locked()
+
+    def _timed(self, per_sample: float) -> None:
+        """Fold one group's seconds per sample into the moving average: up at once, down gently."""
+        average = self._sample_seconds
+        if average is None or per_sample >= average:
+            self._sample_seconds = per_sample
+        else:
+            self._sample_seconds = average + _AVERAGE_WEIGHT * (per_sample - average)
 
     def _apply_each(
         self,
@@ -583,7 +604,7 @@ class ModelWriter:
             )
             write.command("XTRIM", self._log_key, "MINID", log.next_id(log_id))
             return log_id
-        step, state = await asyncio.to_thread(self.model.state_bytes)
+        step, state = await self._lanes.write(self.model.state_bytes)
         snap = snapshots.Snapshot(
             state=state,
             step=step,
@@ -612,18 +633,39 @@ class ModelWriter:
             await write.run(self.redis)
         except (*UNREACHABLE, RedisError) as exc:
             self.telemetry.snapshots.labels("error").inc()
-            if isinstance(exc, UNREACHABLE):
-                self.health.mark_down(exc)
             self._snapshot.failed(now)
-            logger.warning("model %s: snapshot failed, will retry: %s", self.model.name, exc)
+            self._snapshot_refused(exc)
             if final:
                 raise
             return
         self._snapshot_written(log_id)
 
+    def _snapshot_refused(self, exc: BaseException) -> None:
+        """Say whose problem a failed snapshot is. A lost connection may be an outage (the
+        health monitor confirms it with a ping of its own: a value too big resets only its
+        own connection); out of memory is Redis's; any other refusal is this model's
+        alone: its log grows until a snapshot is accepted, the other models carry on."""
+        name, retry = self.model.name, self._snapshot.retry_at - time.monotonic()
+        if isinstance(exc, UNREACHABLE):
+            self.health.mark_down(exc)
+            logger.warning("model %s: snapshot failed (%s); retrying in %.1f s", name, exc, retry)
+        elif _out_of_memory(exc):
+            self.health.note_refusal(exc)
+            logger.warning(
+                "model %s: snapshot refused, Redis is out of memory; retrying in %.1f s", name, retry
+            )
+        else:
+            logger.warning(
+                "model %s: Redis refused this model's snapshot (%s): a problem of this model only, "
+                "the others are unaffected; its log grows until a snapshot is accepted; retrying in %.1f s",
+                name,
+                exc,
+                retry,
+            )
+
     async def _publish_stats(self, now: float) -> None:
         # Only this task applies steps, so both reads see the same step.
-        (step, layers), (_, metrics) = await asyncio.to_thread(
+        (step, layers), (_, metrics) = await self._lanes.write(
             lambda: (self.model.read_stats(), self.model.read_metrics())
         )
         write = FencedWrite(self.fence)
@@ -687,6 +729,14 @@ class ModelWriter:
         _fail(
             jobs, UnavailableError("Redis is unreachable: the sample was not logged, so it was not applied")
         )
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Redis refused for lack of memory. redis-py parses ``-OOM ...`` into
+    :class:`OutOfMemoryError` and drops the code from the message (a script's refusal
+    reads "command not allowed when used memory > 'maxmemory'"), which the
+    message test of :func:`is_out_of_memory` alone misses."""
+    return isinstance(exc, OutOfMemoryError) or is_out_of_memory(exc)
 
 
 def _key_reused(key: str) -> InvalidInputError:

@@ -35,6 +35,7 @@ import psutil
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from service import executors
 from service.cluster import placement
 from service.cluster.takeover import Context, Unrecoverable, take_over
 from service.config import Settings
@@ -413,7 +414,7 @@ class Replica:
         model = handle.model
         name = handle.name
         try:
-            step, state = await asyncio.to_thread(model.state_bytes)
+            step, state = await executors.of(model).write(model.state_bytes)
             snap = snapshots.Snapshot(
                 state, step, log.START_ID, model.created_at, model.updated_at, time.time()
             )

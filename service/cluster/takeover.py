@@ -9,7 +9,6 @@ owner, and rebuilds it after its live state could not be trusted.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from model.learner import LearnerCorruptedError
+from service import executors
 from service.answers import Answer
 from service.applier import Applied, apply_entry
 from service.config import Settings
@@ -115,7 +115,7 @@ async def take_over(
         records = records_of(await snapshots.read_records(ctx.redis, prefix, name), ctx.settings)
         read = await log.read_after(ctx.redis, keys.log_key(prefix, name), snap.log_id)
         model = handle.model
-        applied, corrupted = await asyncio.to_thread(_replay, model, snap, read, records)
+        applied, corrupted = await executors.of(model).write(_replay, model, snap, read, records)
         if corrupted:  # record where it failed, and replay again from the snapshot
             write = FencedWrite(fence)
             for a in applied:

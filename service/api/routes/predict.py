@@ -4,7 +4,6 @@ the model predicts from a copy at most ``ONLINENORM_FOLLOWER_STALENESS_SECONDS``
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -15,6 +14,7 @@ from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from model.learner import Prediction
+from service import executors
 from service.api import bodies, label_bodies
 from service.api.deps import ModelDep, ReadAccess, SettingsDep
 from service.api.schemas import (
@@ -56,11 +56,12 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _run(predict: Callable[[Any], T], arg: Any) -> T:
-    """A forward pass in a worker thread; one that raises (an allocation that failed) is
-    the service's trouble, not the client's, and changes nothing: 503, retry later."""
+async def _run(handle: ModelHandle, predict: Callable[[Any], T], arg: Any) -> T:
+    """A forward pass in one of the model's own read threads (a slow model's backlog never
+    delays another model's); one that raises (an allocation that failed) is the service's
+    trouble, not the client's, and changes nothing: 503, retry later."""
     try:
-        return await asyncio.to_thread(predict, arg)
+        return await executors.of(handle.model).read(predict, arg)
     except Exception as exc:
         raise UnavailableError(
             f"the prediction failed on this replica ({type(exc).__name__}: {exc})"
@@ -154,7 +155,7 @@ async def predict_sample(handle: ModelDep, request: Request, settings: SettingsD
     sample = [later.x] if later is not None else bodies.sample_fields(body, _FIELDS)
     xs, _ = await bodies.check_samples(handle.model.learner, [sample], with_y=False, batch=False)
     await handle.readable(settings.FOLLOWER_STALENESS_SECONDS)
-    step, prediction = await _run(handle.model.predict_one, xs[0])
+    step, prediction = await _run(handle, handle.model.predict_one, xs[0])
     if later is not None:
         await _keep(handle, settings, request.app.state.telemetry, [later], step, [prediction])
     handle.model.predict_latency.record(time.perf_counter() - started)
@@ -180,7 +181,7 @@ async def predict_batch(handle: ModelDep, request: Request, settings: SettingsDe
         samples = bodies.batch_fields(body, _FIELDS, settings.MAX_BATCH_SAMPLES)
     xs, _ = await bodies.check_samples(handle.model.learner, samples, with_y=False, batch=True)
     await handle.readable(settings.FOLLOWER_STALENESS_SECONDS)
-    step, predictions = await _run(handle.model.predict, xs)
+    step, predictions = await _run(handle, handle.model.predict, xs)
     if later is not None:
         await _keep(handle, settings, request.app.state.telemetry, later, step, predictions)
     handle.model.predict_latency.record(time.perf_counter() - started)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
+from service import executors
 from service.api.deps import ModelDep, ReadAccess, SettingsDep
 from service.api.schemas import ErrorBody, MetricsResponse, StatsResponse
 from service.errors import NotFoundError, json_response
@@ -30,7 +30,7 @@ async def read_stats(
     """Every ON layer's mu, var, u, v, alphas, summaries and live layer-scaling RMS."""
     await handle.readable(settings.FOLLOWER_STALENESS_SECONDS)
     try:
-        step, layers = await asyncio.to_thread(handle.model.read_stats, layer)
+        step, layers = await executors.of(handle.model).read(handle.model.read_stats, layer)
     except KeyError:
         raise NotFoundError(
             f"model {handle.model.name!r} has no ON layer {layer!r}; its layers are {handle.model.layers}"
@@ -44,7 +44,7 @@ async def read_metrics(handle: ModelDep, settings: SettingsDep) -> Response:
     (of this replica's requests)."""
     await handle.readable(settings.FOLLOWER_STALENESS_SECONDS)
     model = handle.model
-    step, metrics = await asyncio.to_thread(model.read_metrics)
+    step, metrics = await executors.of(model).read(model.read_metrics)
     latency = {"learn": model.learn_latency.summary(), "predict": model.predict_latency.summary()}
     extra = await extra_metrics(handle, settings)
     return json_response(200, {"step": step, **metrics, **extra, "latency": latency})
