@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from model.budget import estimate_memory, format_bytes
 from model.learner import OnlineLearner
 from model.spec import ModelSpec
+from model.stream_state import StreamLayout
 from service import executors
 from service.answers import Answer
 from service.config import Settings
@@ -172,6 +173,15 @@ class Registry:
         layers = [str(x) for x in orjson.loads(meta.get("layers") or "[]")]
         try:
             spec = ModelSpec.model_validate_json(spec_json)
+        except ValueError as exc:
+            logger.error("model %s cannot be served: its spec is invalid here: %s", name, exc)
+            return self._broken(name, incarnation, layers, created_at, f"its spec is invalid: {exc}")
+        try:  # the limits may have been lowered since it was created: never allocate the impossible
+            self.check_budget(spec)
+        except InvalidInputError as exc:
+            logger.error("model %s cannot be served here: %s", name, exc.detail)
+            return self._broken(name, incarnation, layers, created_at, f"it is too big here: {exc.detail}")
+        try:
             learner = await asyncio.to_thread(OnlineLearner, spec, self.device)
         except ValueError as exc:
             logger.error("model %s cannot be served: its spec is invalid here: %s", name, exc)
@@ -243,18 +253,31 @@ class Registry:
         """Refuse a spec whose learner cannot exist here, before anything is logged for it."""
         est = estimate_memory(spec)
         limit = self.settings.MAX_MODEL_BYTES
-        if est.training_bytes > limit:
+        streams = 0
+        if spec.network.stateful:  # every live stream's window is held, and snapshotted
+            streams = self.settings.MAX_STREAMS * StreamLayout.of(spec).max_nbytes
+        if est.training_bytes + streams > limit:
             raise InvalidInputError(
                 f"the model needs about {format_bytes(est.training_bytes)} to train (weights "
                 f"{format_bytes(est.parameters)}, optimizer state {format_bytes(est.optimizer_state)}, "
                 f"one step's activations {format_bytes(est.activations)}, the largest "
                 f"{format_bytes(est.largest_activation)}); the limit is {format_bytes(limit)} "
                 "(ONLINENORM_MAX_MODEL_BYTES)"
+                + (
+                    f", and its {self.settings.MAX_STREAMS} streams up to {format_bytes(streams)}"
+                    if streams
+                    else ""
+                )
             )
-        if est.state_bytes > REDIS_VALUE_LIMIT:
+        if est.state_bytes + streams > REDIS_VALUE_LIMIT:
             raise InvalidInputError(
-                f"the model's state would be about {format_bytes(est.state_bytes)}, over the "
-                f"{format_bytes(REDIS_VALUE_LIMIT)} one Redis value can hold"
+                f"the model's state would be about {format_bytes(est.state_bytes + streams)}"
+                + (
+                    f" with {self.settings.MAX_STREAMS} full stream windows (ONLINENORM_MAX_STREAMS)"
+                    if streams
+                    else ""
+                )
+                + f", over the {format_bytes(REDIS_VALUE_LIMIT)} one Redis value can hold"
             )
 
     async def create(self, spec: ModelSpec) -> ModelHandle:
