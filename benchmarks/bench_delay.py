@@ -158,7 +158,7 @@ def main() -> int:
         print("-" * len(header))
         for name, row in results.items():
             print(
-                f"{name:<{width}} | " + " | ".join(f"{row[stream_name][str(d)]:>7.4f}" for d in args.delays)
+                f"{name:<{width}} | " + " | ".join(_cell(row[stream_name][str(d)]) for d in args.delays)
             )
     print("\nmean over the streams at least that long (n/a: shorter than the delay)\n")
     header = f"{'learner':<{width}} | " + " | ".join(f"{d:>7}" for d in args.delays)
