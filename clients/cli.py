@@ -5,22 +5,25 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from typer.core import TyperCommand, TyperGroup
 
 from clients._base import DEFAULT_BASE_URL, DEFAULT_BATCH_SIZE, ENV_API_KEY, ENV_URL
 from clients._render import metrics_table, models_table, stats_table
@@ -28,8 +31,30 @@ from clients.client import Client
 from clients.errors import APIConnectionError, APIError
 from clients.files import label_value, open_samples
 
-app = typer.Typer(help="Train neural networks online over HTTP, one sample at a time.", no_args_is_help=True)
-models_app = typer.Typer(help="Create, list, show and delete models.", no_args_is_help=True)
+
+def _untyped_flags(params: list[Any]) -> list[Any]:
+    """Typer's rich help prints every option's type, flags too (``--help <bool>``): a
+    flag takes no value, so it shows none. (Typer's options are its vendored click's.)"""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
+
+
+app = typer.Typer(
+    cls=_Group, help="Train neural networks online over HTTP, one sample at a time.", no_args_is_help=True
+)
+models_app = typer.Typer(cls=_Group, help="Create, list, show and delete models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 
@@ -85,7 +110,27 @@ SERVE_COMMAND = (sys.executable, "-m", "service")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
-@app.command()
+def _port_problem(host: str, port: int) -> str | None:
+    """Why the service could not listen on ``host:port`` (taken, or not an address
+    here), or None. Checked before anything starts: the embedded Redis, the models'
+    recovery. Bound as uvicorn binds (SO_REUSEADDR), so a port in TIME_WAIT is free."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot listen on {host}: {exc.strerror}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is already in use (another service?); pick another with --port"
+            return f"cannot listen on {host}:{port}: {exc.strerror}"
+    return None
+
+
+@app.command(cls=_Command)
 def serve(
     host: Annotated[str, typer.Option(help="interface to bind; 0.0.0.0 exposes it")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
@@ -100,6 +145,9 @@ def serve(
     """Start the service (python -m service) and wait for it; Ctrl-C stops it."""
     if log_level not in LOG_LEVELS:
         raise _fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+    problem = _port_problem(host, port)
+    if problem is not None:
+        raise _fail(problem)
     env = dict(os.environ, ONLINENORM_HOST=host, ONLINENORM_PORT=str(port), ONLINENORM_LOG_LEVEL=log_level)
     if redis_url:
         env["REDIS_URL"] = redis_url
@@ -146,7 +194,7 @@ def _int_list(text: str) -> list[int]:
         raise _fail(f"expected comma-separated integers, got {text!r}") from None
 
 
-@models_app.command("create")
+@models_app.command("create", cls=_Command)
 def models_create(
     ctx: typer.Context,
     spec_file: Annotated[
@@ -199,14 +247,14 @@ def models_create(
     )
 
 
-@models_app.command("list")
+@models_app.command("list", cls=_Command)
 def models_list(ctx: typer.Context) -> None:
     """List every model."""
     with _client(ctx) as client:
         _out().print(models_table(client.list_models()))
 
 
-@models_app.command("show")
+@models_app.command("show", cls=_Command)
 def models_show(ctx: typer.Context, name: str) -> None:
     """Show a model's spec, step and timestamps as JSON."""
     with _client(ctx) as client:
@@ -214,7 +262,7 @@ def models_show(ctx: typer.Context, name: str) -> None:
     _out().print_json(model.model_dump_json())
 
 
-@models_app.command("delete")
+@models_app.command("delete", cls=_Command)
 def models_delete(
     ctx: typer.Context,
     name: str,
@@ -272,12 +320,72 @@ class _Running:
         return self.loss_sum / self.count if self.count else 0.0
 
 
+class _Report:
+    """A long command's progress on stderr. On a terminal, a live bar whose summary
+    (loss, accuracy) appears with the first result; piped, a plain line at every tenth
+    of the total and at the end (a bar would be cut to the pipe's width)."""
+
+    def __init__(self, description: str, total: int | None, unit: str) -> None:
+        self.description, self.total, self.unit = description, total, unit
+        self.done = 0
+        self._stream: TextIO = sys.stderr
+        self._live = self._stream.isatty()
+        self._every = max(1, (total or 10_000) // 10)
+        self._next_line = self._every
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._line = ""
+
+    def __enter__(self) -> _Report:
+        if self._live:
+            columns = [
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:>8.0f} " + self.unit + "/s"),
+                TextColumn("{task.fields[summary]}"),
+                TimeElapsedColumn(),
+            ]
+            self._progress = Progress(*columns, console=_err())
+            self._progress.__enter__()
+            self._task = self._progress.add_task(self.description, total=self.total, rate=0.0, summary="")
+        return self
+
+    def update(self, advance: int, rate: float, summary: str) -> None:
+        self.done += advance
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, advance=advance, rate=rate, summary=summary)
+            return
+        of = f"/{self.total}" if self.total is not None else ""
+        self._line = f"{self.description}: {self.done}{of} {self.unit}, {rate:.0f} {self.unit}/s"
+        self._line += f", {summary}" if summary else ""
+        if self.done >= self._next_line:
+            self._write()
+            self._next_line = (self.done // self._every + 1) * self._every
+
+    def _write(self) -> None:
+        self._stream.write(self._line + "\n")
+        self._stream.flush()
+        self._line = ""
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+        elif self._line:
+            self._write()  # the last figures, unless the last tenth just printed them
+
+
+def _summary(loss: float, accuracy: float | None) -> str:
+    text = f"loss {loss:.4f}"
+    return text if accuracy is None else f"{text} acc {accuracy:.4f}"
+
+
 def _batches(pairs: Iterator[tuple[Any, Any]], size: int) -> Iterator[tuple[list[Any], list[Any]]]:
     while chunk := list(itertools.islice(pairs, size)):
         yield [x for x, _ in chunk], [y for _, y in chunk]
 
 
-@app.command()
+@app.command(cls=_Command)
 def learn(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="the model to train")],
@@ -292,26 +400,14 @@ def learn(
     running = _Running()
     with _client(ctx) as client:
         classify = client.get_model(name).task == "classification"
-        columns = [
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:>8.0f} samples/s"),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-        ]
-        if classify:
-            columns.append(TextColumn("acc {task.fields[acc]:.4f}"))
         started = time.perf_counter()
-        with Progress(*columns, TimeElapsedColumn(), console=_err()) as progress:
-            bar = progress.add_task(f"learn {name}", total=samples.total, rate=0.0, loss=0.0, acc=0.0)
-            with _bad_input():
-                for xs, ys in _batches(samples.pairs(), batch_size):
-                    results = client.learn_many(name, xs, ys, batch_size=batch_size)
-                    running.add(ys, results)
-                    rate = running.count / max(time.perf_counter() - started, 1e-9)
-                    progress.update(
-                        bar, advance=len(results), rate=rate, loss=running.loss, acc=running.accuracy
-                    )
+        with _Report(f"learn {name}", samples.total, "samples") as report, _bad_input():
+            for xs, ys in _batches(samples.pairs(), batch_size):
+                results = client.learn_many(name, xs, ys, batch_size=batch_size)
+                running.add(ys, results)
+                rate = running.count / max(time.perf_counter() - started, 1e-9)
+                summary = _summary(running.loss, running.accuracy if classify else None)
+                report.update(len(results), rate, summary)
     elapsed = time.perf_counter() - started
     summary = f"learned {running.count} samples in {elapsed:.1f} s, mean loss {running.loss:.4f}"
     if classify:
@@ -319,7 +415,7 @@ def learn(
     _out().print(summary)
 
 
-@app.command()
+@app.command(cls=_Command)
 def predict(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="the model to ask")],
@@ -370,7 +466,7 @@ def _label_rows(file: Path) -> Iterator[tuple[str, Any]]:
             yield row["prediction_id"], _json_value(row["y"])
 
 
-@app.command()
+@app.command(cls=_Command)
 def label(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="the model whose predictions are labelled")],
@@ -431,7 +527,7 @@ def _count_rows(file: Path) -> int:
         return max(0, sum(1 for row in csv.reader(f) if row) - 1)
 
 
-@app.command()
+@app.command(cls=_Command)
 def stream(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="a stateful rnn model")],
@@ -448,19 +544,7 @@ def stream(
     steps = labelled = correct = 0
     loss_sum = 0.0
     started = time.perf_counter()
-    columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:>8.0f} steps/s"),
-        TextColumn("{task.fields[summary]}"),
-    ]
-    with (
-        _client(ctx) as client,
-        _bad_input(),
-        Progress(*columns, TimeElapsedColumn(), console=_err()) as progress,
-    ):
-        bar = progress.add_task(f"stream {name}", total=total, rate=0.0, summary="")
+    with _client(ctx) as client, _bad_input(), _Report(f"stream {name}", total, "steps") as report:
         rows = _stream_rows(file, stream_column, label)
         while chunk := list(itertools.islice(rows, batch_size)):
             for step, result in zip(
@@ -472,8 +556,8 @@ def stream(
                     loss_sum += result.loss
                     correct += result.prediction == step.get("y")
             rate = steps / max(time.perf_counter() - started, 1e-9)
-            summary = f"loss {loss_sum / labelled:.4f} acc {correct / labelled:.4f}" if labelled else ""
-            progress.update(bar, advance=len(chunk), rate=rate, summary=summary)
+            summary = _summary(loss_sum / labelled, correct / labelled) if labelled else ""
+            report.update(len(chunk), rate, summary)
     elapsed = time.perf_counter() - started
     text = f"{steps} steps ({labelled} labelled) in {elapsed:.1f} s"
     if labelled:
@@ -482,7 +566,7 @@ def stream(
 
 
 # ------------------------------------------------------------------ stats/metrics
-@app.command()
+@app.command(cls=_Command)
 def stats(
     ctx: typer.Context,
     name: str,
@@ -491,7 +575,8 @@ def stats(
     count: Annotated[int, typer.Option(min=0, help="--watch: stop after this many refreshes (0: never)")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print the raw answer")] = False,
 ) -> None:
-    """Per-layer Online Normalization statistics: drift of mu and std, ls_rms, samples."""
+    """Per-layer Online Normalization statistics now: mu and std (mean, min, max over the
+    layer's features), ls_rms (about 1 when the estimates are right), samples tracked."""
     with _client(ctx) as client:
         if as_json:
             _out().print_json(client.stats(name).model_dump_json())
@@ -507,7 +592,7 @@ def stats(
                 time.sleep(interval)
 
 
-@app.command()
+@app.command(cls=_Command)
 def metrics(
     ctx: typer.Context,
     name: str,

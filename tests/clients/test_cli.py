@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -187,3 +190,93 @@ def test_serve_starts_the_service_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert f"serving on http://127.0.0.1:{port} with {where}" in out
     if not redis_url:
         assert (tmp_path / "data").is_dir()
+
+
+# ------------------------------------------------------------------ CLI manners
+def _helps() -> list[list[str]]:
+    return [
+        ["--help"],
+        *(
+            [command, "--help"]
+            for command in ("serve", "learn", "predict", "label", "stream", "stats", "metrics")
+        ),
+        *(["models", command, "--help"] for command in ("create", "list", "show", "delete")),
+    ]
+
+
+@pytest.mark.parametrize("args", _helps(), ids=lambda a: " ".join(a))
+def test_help_shows_no_value_type_for_flags(args: list[str]) -> None:
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "--help" in result.output
+    assert "<bool>" not in result.output, result.output
+
+
+def test_stats_help_promises_only_what_the_table_shows(live_service: LiveService, model_name: str) -> None:
+    help_text = runner.invoke(app, ["stats", "--help"], env={"COLUMNS": "200"}).output
+    assert "drift" not in help_text
+    code, _, err = run(live_service, "models", "create", "--name", model_name, "--task", "classification",
+                       "--input-shape", "4", "--num-classes", "3", "--norm", "online")  # fmt: skip
+    assert code == 0, err
+    _, table, _ = run(live_service, "stats", model_name)
+    for promised in ("mu", "std", "ls_rms", "samples"):
+        assert promised in help_text and promised in table
+
+
+def test_serve_on_a_taken_port_fails_at_once_and_starts_nothing(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"REDIS_URL": "", "ONLINENORM_REDIS_URL": ""}
+        started = time.perf_counter()
+        result = runner.invoke(
+            app, ["serve", "--port", str(port), "--data-dir", str(tmp_path / "data")], env=env
+        )
+        elapsed = time.perf_counter() - started
+    assert result.exit_code == 2, result.output
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "--port" in result.stderr
+    assert not (tmp_path / "data").exists(), "the embedded Redis was started"
+    assert elapsed < 5, f"took {elapsed:.1f} s"
+
+
+def test_learn_piped_prints_plain_lines_with_the_whole_total(
+    live_service: LiveService, model_name: str, digits_csv: Path
+) -> None:
+    code, _, err = run(live_service, "models", "create", "--name", model_name, "--task", "classification",
+                       "--input-shape", "64", "--num-classes", "10")  # fmt: skip
+    assert code == 0, err
+    code, _, err = run(live_service, "learn", model_name, str(digits_csv), "--batch-size", "50",
+                       env={"COLUMNS": "40"})  # fmt: skip
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) >= 3, err
+    for line in lines:  # never a bar cut to the pipe's width, never figures before a result
+        assert re.fullmatch(
+            rf"learn {model_name}: \d+/300 samples, \d+ samples/s, loss \d+\.\d{{4}} acc \d\.\d{{4}}", line
+        ), line
+    assert lines[-1].startswith(f"learn {model_name}: 300/300 samples")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_bar_shows_no_figures_before_the_first_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clients.cli import _Report
+
+    for updates in (0, 1):
+        screen = _Terminal()
+        monkeypatch.setattr(sys, "stderr", screen)
+        monkeypatch.setenv("COLUMNS", "200")
+        with _Report("learn m", 300, "samples") as report:
+            if updates:
+                report.update(100, 50.0, "loss 0.5000 acc 0.7500")
+        shown = screen.getvalue()
+        assert "learn m" in shown and "samples/s" in shown
+        if updates:
+            assert "loss 0.5000 acc 0.7500" in shown and "100/300" in shown
+        else:
+            assert "loss" not in shown and "acc" not in shown, shown
