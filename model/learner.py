@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model import fast
+from model import fast, stream_fast
 from model.fast.optim import UpdateGuard
 from model.layers import ActivationClamp, LayerScaling, OnlineNorm
 from model.metrics import PrequentialMetrics
@@ -218,18 +218,25 @@ class OnlineLearner:
         self._params = [p for p in self.network.parameters() if p.requires_grad]
         self.optimizer = _make_optimizer(self.spec, self.network)
         self._guard = UpdateGuard(self._params, self.optimizer)
-        reason = fast.unsupported_reason(self.spec, self.device)
-        if self.spec.network.stateful:  # model.fast has no stream step: route it here
-            reason = "a stateful rnn takes the eager stream step"
+        stateful = self.spec.network.stateful
+        # model.fast has no stream step: a stateful rnn's fast path is the NumPy window
+        reason = (stream_fast if stateful else fast).unsupported_reason(self.spec, self.device)
         if path == "fast" and reason is not None:
             raise ValueError(reason)
         if path not in ("auto", "fast", "eager"):
             raise ValueError(f"path must be 'auto', 'fast' or 'eager' (got {path!r})")
         self._fast: fast.FastStep | None = None
+        self._window: stream_fast.NumpyWindow | None = None
         if path != "eager" and reason is None:
-            self._fast = fast.build(self.spec, self.network, self.optimizer)
+            if stateful:
+                assert isinstance(self.network, StatefulRNN)
+                self._window = stream_fast.NumpyWindow(self.network, self.spec.task == "classification")
+            else:
+                self._fast = fast.build(self.spec, self.network, self.optimizer)
         #: the step this learner takes: ``"fast"`` or ``"eager"``
-        self.path: Literal["fast", "eager"] = "eager" if self._fast is None else "fast"
+        self.path: Literal["fast", "eager"] = (
+            "eager" if self._fast is None and self._window is None else "fast"
+        )
         self.metrics = PrequentialMetrics(task=self.spec.task)
         self.step = 0
         #: the shapes of this model's stream states; ``None`` unless the spec is stateful
@@ -462,7 +469,7 @@ class OnlineLearner:
         else:
             prediction = self._decode(source)[0].prediction
             score = float((torch.as_tensor(prediction, dtype=torch.float32) - y).abs().mean())
-        self._guard.save()
+        self._guard.prepare(grad_value)
         try:
             self.optimizer.step()
         except Exception as exc:
@@ -495,8 +502,8 @@ class OnlineLearner:
         else:
             prediction = float(out[0]) if out.shape[0] == 1 else out.tolist()
             score = float(np.abs(out - target).mean())
-        health = self._save_fast_norm_state()
-        self._guard.save()
+        # the ON state is copied aside only when the update might not stay finite
+        health = self._save_fast_norm_state() if self._guard.prepare(grad_value) else []
         try:
             pending.apply()
         except Exception as exc:
@@ -594,26 +601,34 @@ class OnlineLearner:
         if y is None:
             prediction = self._decode(out)[0]  # NonFinitePredictionError if it is not finite
             return new_state, StreamResult(state.t, prediction, None, self.step)
-        self._set_training(False)  # the window records no health signal
         controls = network.controls()
         self._clear_grads()
-        with torch.enable_grad():
-            window_out = network.window(new_state, controls)
-            loss = self._loss(window_out, y[None].to(self.device))
-            loss.backward()
+        loss_value: float | None = None
+        if self._window is not None:  # the NumPy window: the eager one's maths, less dispatch
+            target: int | np.ndarray = int(y) if self._classify else y.numpy()
+            loss_value = self._window.loss_and_grads(new_state, target, controls)[0]
+        else:
+            self._set_training(False)  # the window records no health signal
+            with torch.enable_grad():
+                window_out = network.window(new_state, controls)
+                loss = self._loss(window_out, y[None].to(self.device))
+                loss.backward()
         grads = [p.grad for p in self._params if p.grad is not None]
         grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         max_norm = self.spec.optimizer.clip_grad_norm
         if max_norm is not None:
             torch._foreach_mul_(grads, torch.clamp(max_norm / (grad_norm + 1e-6), max=1.0))
-        loss_value, grad_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()
+        if loss_value is None:
+            loss_value, grad_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()
+        else:
+            grad_value = float(grad_norm)
         if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
             raise _non_finite(loss_value, grad_value)
         try:
             prediction = self._decode(out)[0]
         except NonFinitePredictionError as exc:
             raise NonFiniteStepError(f"{exc}; the step was rolled back") from exc
-        self._guard.save()
+        self._guard.prepare(grad_value)
         try:
             self.optimizer.step()
         except Exception as exc:
@@ -720,6 +735,7 @@ class OnlineLearner:
         self.optimizer.load_state_dict(optimizer_from_parts(unprefixed(tensors, "opt."), meta["optimizer"]))
         self.step = int(meta["step"])
         self.metrics = PrequentialMetrics.from_json(meta["metrics"])
+        self._guard.reset()  # new weights: the update bounds start again from a measure
         for module in self._health:  # diagnostics of the last forward: a fresh learner has none
             _set_health_record(module, None)
         self._clear_grads()

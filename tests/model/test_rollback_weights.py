@@ -77,3 +77,60 @@ def test_a_non_finite_output_raises_instead_of_predicting_nan(path: str) -> None
         learner.predict_many([np.ones(6), huge])
     assert isinstance(learner.predict_one(np.ones(6)).prediction, float)
     assert issubclass(NonFinitePredictionError, ValueError)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_steady_steps_skip_the_copy_and_a_huge_learning_rate_is_still_caught(path: str) -> None:
+    learner = OnlineLearner({**BASE, "optimizer": {"kind": "adam"}}, path=path)
+    samples = _samples(6, seed=2)
+    copied = []
+    real_prepare = learner._guard.prepare
+
+    def spy(grad_norm: float) -> bool:
+        copied.append(real_prepare(grad_norm))
+        return copied[-1]
+
+    learner._guard.prepare = spy  # type: ignore[method-assign]
+    for x, y in samples[:4]:
+        learner.learn_one(x, y)
+    assert copied[0] and not any(copied[1:])  # the first step measures; the bounds cover the rest
+    before = learner.state_bytes()
+    lrs = [group["lr"] for group in learner.optimizer.param_groups]
+    for group in learner.optimizer.param_groups:
+        group["lr"] = 1e300  # beyond the bounds: copied, checked, refused
+    with pytest.raises(NonFiniteStepError):
+        learner.learn_one(*samples[4])
+    for group, lr in zip(learner.optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    assert copied[-1] and learner.state_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_whenever_the_guard_skips_the_check_the_update_stays_within_its_bound(kind: str) -> None:
+    """Random hyper-parameters and gradient scales: an unchecked update never exceeds
+    the bound the guard advanced (so it cannot have overflowed)."""
+    rng = np.random.default_rng(5)
+    skipped = 0
+    for trial in range(40):
+        opt = {"kind": kind, "clip_grad_norm": None}
+        learner = OnlineLearner(
+            {**BASE, "task": "regression", "num_classes": None, "optimizer": opt}, path="eager"
+        )
+        guard = learner._guard
+        x, _ = _samples(1, seed=trial)[0]
+        learner.learn_one(x, 0.0)  # measured
+        for group in learner.optimizer.param_groups:
+            group["lr"] = float(10 ** rng.uniform(-4, 8))
+            group["weight_decay"] = float(10 ** rng.uniform(-4, 12))
+            if kind == "sgd":
+                group["momentum"] = float(rng.uniform(0, 0.99))
+        try:
+            learner.learn_one(x * float(10 ** rng.uniform(0, 6)), float(10 ** rng.uniform(0, 8)))
+        except NonFiniteStepError:
+            continue
+        assert guard._bound is not None
+        if not guard._saved:
+            skipped += 1
+            largest = max(float(p.detach().abs().max()) for p in learner._params)
+            assert largest <= guard._bound[0]
+    assert skipped > 5  # the bounds were exercised

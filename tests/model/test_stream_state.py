@@ -20,6 +20,7 @@ from model.learner import (
     StepFailedError,
 )
 from model.stream import StatefulRNN
+from model.stream_fast import NumpyWindow
 from model.stream_state import StreamLayout, StreamState
 
 SPEC: dict[str, Any] = {
@@ -163,8 +164,9 @@ def test_non_finite_weights_after_the_update_roll_back_the_stream_step() -> None
     _assert_unchanged(learner, before, state, state_before)
 
 
-def test_a_failing_window_rolls_back_the_arrival_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    learner = OnlineLearner(SPEC)
+@pytest.mark.parametrize("path", ["eager", "fast"])
+def test_a_failing_window_rolls_back_the_arrival_too(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    learner = OnlineLearner(SPEC, path=path)  # type: ignore[arg-type]
     states, _ = _run(learner, _calls(6, seed=7))
     state = states["c"]
     assert state is not None
@@ -174,6 +176,7 @@ def test_a_failing_window_rolls_back_the_arrival_too(monkeypatch: pytest.MonkeyP
         raise MemoryError("no memory for the window")
 
     monkeypatch.setattr(StatefulRNN, "window", boom)
+    monkeypatch.setattr(NumpyWindow, "loss_and_grads", boom)
     with pytest.raises(StepFailedError, match="MemoryError"):
         learner.stream_step(state, np.ones(2), 0.5)
     _assert_unchanged(learner, before, state, state_before)
