@@ -1,8 +1,9 @@
 """Prequential accuracy when labels arrive later: delays of 0, 10, 100 and 1000 samples.
 
 Each sample is predicted when it arrives (what a service with ``label_later`` serves),
-and learned from when its label arrives ``delay`` samples later; the score is the
-served prediction's, as the service's metrics score it. Streams: the data sets that
+and learned from when its label arrives, ``delay`` samples later (delays 0 and 1 are
+both test-then-train); the score is the served prediction's, as the service's metrics
+score it, over every sample (as River's ``progressive_val_score`` scores them). Streams: the data sets that
 ship inside scikit-learn (digits, breast cancer, wine), shuffled with a fixed seed,
 and digits in its original order. Our learner gets the minimal spec and raw features.
 
@@ -48,16 +49,14 @@ def streams(seed: int) -> Iterator[tuple[str, Stream]]:
         order = np.random.default_rng(seed).permutation(len(y))
         yield f"{name} (shuffled)", (x[order].astype(np.float64), y[order].astype(np.int64))
     x, y = load_digits(return_X_y=True)
-    yield "digits (sorted by class)", (x.astype(np.float64), y.astype(np.int64))
+    yield "digits (original order)", (x.astype(np.float64), y.astype(np.int64))
 
 
-def run_ours(stream: Stream, delay: int, overrides: dict[str, Any]) -> float | None:
-    """Predict on arrival, learn when the label arrives, and score the served prediction
-    then (as River does: a prediction whose label has not arrived by the end of the
-    stream is not scored; None when no label arrives at all)."""
+def run_ours(stream: Stream, delay: int, overrides: dict[str, Any]) -> float:
+    """Predict each sample on arrival and learn from it when its label arrives, just
+    before sample ``i + delay`` (River's ``simulate_qa`` order); every served prediction
+    is scored, those whose labels would come after the stream's end included."""
     x, y = stream
-    if delay >= len(y):
-        return None
     spec = {
         "name": "bench",
         "task": "classification",
@@ -66,16 +65,15 @@ def run_ours(stream: Stream, delay: int, overrides: dict[str, Any]) -> float | N
         **overrides,
     }
     learner = OnlineLearner(spec)
-    waiting: deque[tuple[torch.Tensor, int, bool]] = deque()
-    correct = scored = 0
-    for xi, yi in zip(torch.from_numpy(x).float(), y.tolist(), strict=True):
-        waiting.append((xi, yi, learner.predict_one(xi).prediction == yi))
-        while len(waiting) > delay:
-            xo, yo, hit = waiting.popleft()
-            learner.learn_one(xo, yo)
-            correct += hit
-            scored += 1
-    return correct / scored
+    waiting: deque[tuple[int, torch.Tensor, int]] = deque()
+    correct = 0
+    for i, (xi, yi) in enumerate(zip(torch.from_numpy(x).float(), y.tolist(), strict=True)):
+        while waiting and waiting[0][0] + delay <= i:
+            _, xj, yj = waiting.popleft()
+            learner.learn_one(xj, yj)
+        correct += learner.predict_one(xi).prediction == yi
+        waiting.append((i, xi, yi))
+    return correct / len(y)
 
 
 def river_learners(quick: bool) -> dict[str, Callable[[], Any]]:
@@ -95,12 +93,10 @@ def river_learners(quick: bool) -> dict[str, Callable[[], Any]]:
     return out
 
 
-def run_river(stream: Stream, delay: int, factory: Callable[[], Any]) -> float | None:
+def run_river(stream: Stream, delay: int, factory: Callable[[], Any]) -> float:
     from river import evaluate, metrics
 
     x, y = stream
-    if delay >= len(y):
-        return None
     dataset = [(dict(enumerate(xi.tolist())), int(yi)) for xi, yi in zip(x, y, strict=True)]
     metric = evaluate.progressive_val_score(dataset, factory(), metrics.Accuracy(), delay=delay or None)
     return float(metric.get())
@@ -133,7 +129,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    contenders: dict[str, Callable[[Stream, int], float | None]] = {
+    contenders: dict[str, Callable[[Stream, int], float]] = {
         name: (lambda s, d, o=o: run_ours(s, d, o)) for name, o in OURS.items()
     }
     rivers = river_learners(args.quick)
@@ -142,7 +138,7 @@ def main() -> int:
         print("river is not installed: River baselines skipped (pip install river)")
 
     data = list(streams(args.seed))
-    results: dict[str, dict[str, dict[str, float | None]]] = {}  # learner -> stream -> delay -> accuracy
+    results: dict[str, dict[str, dict[str, float]]] = {}  # learner -> stream -> delay -> accuracy
     seconds: dict[str, float] = {}
     for name, fn in contenders.items():
         start = time.perf_counter()
@@ -157,10 +153,8 @@ def main() -> int:
         print(header)
         print("-" * len(header))
         for name, row in results.items():
-            print(
-                f"{name:<{width}} | " + " | ".join(_cell(row[stream_name][str(d)]) for d in args.delays)
-            )
-    print("\nmean over the streams at least that long (n/a: shorter than the delay)\n")
+            print(f"{name:<{width}} | " + " | ".join(_cell(row[stream_name][str(d)]) for d in args.delays))
+    print(f"\nmean over the {len(data)} streams\n")
     header = f"{'learner':<{width}} | " + " | ".join(f"{d:>7}" for d in args.delays)
     print(header)
     print("-" * len(header))
