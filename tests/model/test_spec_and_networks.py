@@ -137,3 +137,18 @@ def test_same_seed_same_weights_without_touching_global_rng() -> None:
 def test_layer_kinds_use_the_reference_modules() -> None:
     net = build_network(ModelSpec.model_validate({**MINIMAL, "norm": {"kind": "layer"}}))
     assert any(isinstance(m, nn.LayerNorm) for m in net.modules())
+
+
+def test_a_stateful_rnn_has_its_own_defaults() -> None:
+    from model.spec import STATEFUL_BPTT, STATEFUL_HIDDEN, ModelSpec
+
+    stateful = ModelSpec(
+        name="s", task="regression", input_shape=[2], network={"kind": "rnn", "stateful": True}
+    )
+    assert stateful.network.hidden == list(STATEFUL_HIDDEN) and stateful.network.bptt == STATEFUL_BPTT
+    chosen = ModelSpec(
+        name="s", task="regression", input_shape=[2], network={"stateful": True, "hidden": [5]}
+    )
+    assert chosen.network.hidden == [5] and chosen.network_kind == "rnn"
+    plain = ModelSpec(name="m", task="regression", input_shape=[2])
+    assert plain.network.hidden == [128, 64]
