@@ -20,10 +20,20 @@ function redrawDirty() {
   dirty.clear();
 }
 
-function stepLabel(value) {
-  if (value >= 1e6) return `${+(value / 1e6).toFixed(1)}M`;
-  if (value >= 1e3) return `${+(value / 1e3).toFixed(1)}k`;
+function stepLabel(value, digits) {
+  if (value >= 1e6) return `${+(value / 1e6).toFixed(digits)}M`;
+  if (value >= 1e3) return `${+(value / 1e3).toFixed(digits)}k`;
   return String(value);
+}
+
+/** Step ticks as short labels, with as many decimals as it takes for no two to read the
+ *  same (ticks 1,100 1,120 1,140 are 1.1k 1.12k 1.14k, not 1.1k three times). */
+export function stepLabels(ticks) {
+  for (let digits = 1; digits <= 3; digits++) {
+    const labels = ticks.map((t) => stepLabel(t, digits));
+    if (new Set(labels).size === labels.length) return labels;
+  }
+  return ticks.map((t) => String(t));
 }
 
 /** The y range: uPlot's padded range, and a visible band for a flat line (u and v of an
@@ -73,7 +83,7 @@ export class LineChart {
       scales: { x: { time: false }, y: { range: yRange } },
       series: [{ label: "step", value: (u, v) => (v === null || v === undefined ? "–" : String(v)) }, ...lines],
       axes: [
-        { ...AXIS, size: 26, values: (u, ticks) => ticks.map(stepLabel) },
+        { ...AXIS, size: 26, values: (u, ticks) => stepLabels(ticks) },
         { ...AXIS, size: 54, values: (u, ticks) => ticks.map(fmt) },
       ],
       legend: { live: true },

@@ -1,12 +1,21 @@
 // One model's live dashboard: the first points from the stats history, then one point
 // per published update from the event stream (EventSource), and the per-channel mu and
-// var of the current step from GET stats (at most once a second).
+// var of the current step from GET stats (at most once a second). With ?static=1 the
+// page renders once and opens no stream (headless `chromium --screenshot` waits for the
+// network to go quiet, which an open stream never does).
 import { ApiError, ago, askForKey, getJSON, streamUrl, takeKeyFromUrl } from "./api.js";
 import { HeatStrip, LineChart } from "./charts.js";
 
 const HISTORY_POINTS = 2000;
 const STATS_EVERY_MS = 1000;
 const RECONNECT_MS = 5000;
+// No update for this many publish gaps (and at least IDLE_MIN_MS): the model is idle.
+const IDLE_GAPS = 3;
+const IDLE_MIN_MS = 3000;
+// The standardizer of raw inputs: nothing learns below it, so no gradient reaches it and
+// its control processes (u, v) stay 0.
+const INPUT_LAYER = "input_norm";
+const STATIC = new URLSearchParams(window.location.search).get("static") === "1";
 
 // For tests and curious users: what arrived, and the uPlot instances by id.
 const state = {
@@ -15,6 +24,8 @@ const state = {
   events: 0,
   statsFetches: 0,
   lastEventId: null,
+  empty: false,
+  static: STATIC,
   charts: {},
 };
 window.onlinenormDashboard = state;
@@ -24,7 +35,7 @@ const name = decodeURIComponent(window.location.pathname.replace(/\/+$/, "").spl
 const base = `/v1/models/${encodeURIComponent(name)}`;
 const layerViews = new Map();
 let perf = null;
-let facts = { step: null, time: null, rate: null };
+let facts = { step: null, time: null, rate: null, gap: null };
 let statsTimer = null;
 let lastStatsFetch = 0;
 
@@ -58,6 +69,7 @@ function buildPerformance(task) {
 
 function ecmChart(layer, box) {
   const id = `${layer.name}/ecm`;
+  if (layer.name === INPUT_LAYER && !layer.ecm) return null;
   if (layer.ecm === "ls") {
     return chart(id, box, {
       title: "RMS before layer scaling",
@@ -72,6 +84,13 @@ function ecmChart(layer, box) {
 }
 
 function describe(layer) {
+  if (layer.name === INPUT_LAYER && !layer.ecm) {
+    return (
+      `${layer.num_features} channels · standardizes the raw inputs · α fwd ${layer.alpha_fwd} · ` +
+      `${layer.samples_tracked} samples tracked · no control-process chart: no gradient reaches ` +
+      "the inputs, so u and v stay 0"
+    );
+  }
   return (
     `${layer.num_features} channels · ecm ${layer.ecm ?? "none"} · ` +
     `α fwd ${layer.alpha_fwd} / bkw ${layer.alpha_bkw} · ${layer.samples_tracked} samples tracked`
@@ -110,21 +129,38 @@ function addEntry(entry) {
     if (!view) continue;
     view.mu.push(entry.step, [point.mu_mean, point.mu_spread]);
     view.std.push(entry.step, [point.std_mean, point.std_spread]);
+    if (!view.ecmChart) continue;
     if (view.ecm === "ls") view.ecmChart.push(entry.step, [point.ls_rms]);
     else if (view.ecm === "ac") view.ecmChart.push(entry.step, [point.clamped_fraction]);
     else view.ecmChart.push(entry.step, [point.u_abs_max, point.v_abs_max]);
   }
   if (facts.step !== null && entry.time && facts.time && entry.time > facts.time) {
-    const rate = (entry.step - facts.step) / (entry.time - facts.time);
+    const gap = entry.time - facts.time;
+    const rate = (entry.step - facts.step) / gap;
     facts.rate = facts.rate === null ? rate : 0.7 * facts.rate + 0.3 * rate;
+    facts.gap = facts.gap === null ? gap : 0.7 * facts.gap + 0.3 * gap;
   }
   facts = { ...facts, step: entry.step, time: entry.time };
+  if (state.empty) {
+    state.empty = false;
+    $("empty").hidden = true;
+    setStatus(state.status);
+  }
   showFacts();
 }
 
+/** samples/s now: the recent rate while updates keep coming; 0 once none came for a few
+ *  publish gaps (the writer publishes only when steps were taken: silence is idleness). */
+export function currentRate(f, nowSeconds) {
+  if (f.rate === null || !f.time) return f.rate;
+  const idleAfter = Math.max(IDLE_MIN_MS / 1000, IDLE_GAPS * (f.gap ?? 0));
+  return nowSeconds - f.time > idleAfter ? 0 : f.rate;
+}
+
 function showFacts() {
+  const rate = currentRate(facts, Date.now() / 1000);
   $("step").textContent = facts.step === null ? "–" : String(facts.step);
-  $("rate").textContent = facts.rate === null ? "–" : facts.rate.toFixed(facts.rate < 10 ? 1 : 0);
+  $("rate").textContent = rate === null ? "–" : rate.toFixed(rate < 10 && rate > 0 ? 1 : 0);
   $("age").textContent = facts.time ? ago(facts.time) : "never";
 }
 
@@ -157,8 +193,9 @@ function scheduleStats() {
 function setStatus(status) {
   state.status = status;
   const node = $("live");
-  node.textContent = status;
-  node.className = `status ${status}`;
+  const waiting = state.empty && (status === "live" || status === "static");
+  node.textContent = waiting ? "no samples yet" : status === "static" ? "snapshot" : status;
+  node.className = `status ${waiting ? "empty" : status}`;
 }
 
 function notice(text) {
@@ -171,11 +208,16 @@ function notice(text) {
 }
 
 function fail(error) {
+  if (error instanceof ApiError && error.status === 404) {
+    setStatus("not found");
+    $("live").className = "status offline";
+    for (const panel of document.querySelectorAll("main > .panel, #layers")) panel.hidden = true;
+    notice(`No model named “${name}” exists on this service (deleted, or never created).`);
+    return;
+  }
   setStatus("offline");
   if (error instanceof ApiError && error.status === 401) {
     askForKey($("notice"), `This service needs an API key (${error.detail}).`);
-  } else if (error instanceof ApiError && error.status === 404) {
-    notice(`No model named “${name}”.`);
   } else {
     notice(`Could not load the model: ${error.message}`);
   }
@@ -230,8 +272,20 @@ async function main() {
   }
   stats.layers.forEach(buildLayer);
   showStrips(stats);
+  if (!history.entries.length && !info.step) {
+    state.empty = true;
+    $("empty").hidden = false;
+  }
   history.entries.forEach(addEntry);
   state.historyEntries = history.entries.length;
+  if (facts.step === null) {
+    facts.step = info.step ?? stats.step ?? 0;
+    showFacts();
+  }
+  if (STATIC) {
+    setStatus("static"); // rendered once, as of now: nothing stays open
+    return;
+  }
   const last = history.entries.at(-1);
   // After the last entry shown (or from the stream's start): no update is missed in between.
   connect(last ? last.id : "0-0");

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,7 @@ def test_dashboard_charts_update_live_in_a_browser(make_settings: Callable[..., 
             expected = {"loss", "accuracy"} | {
                 f"{layer}/{kind}" for layer in info["layers"] for kind in ("mu", "std", "ecm")
             }
+            expected.discard("input_norm/ecm")  # the input standardizer's u and v stay 0: no chart
             assert set(first) == expected
             assert min(first.values()) >= 25  # the initial points, from the history endpoint
             page.wait_for_function(
@@ -155,3 +158,82 @@ def test_dashboard_charts_update_live_in_a_browser(make_settings: Callable[..., 
     assert errors.messages == []
     assert errors_without_key.messages  # the 401 that made it ask
     assert [m for m in errors_without_key.messages if "401" not in m] == []
+
+
+def _learned(c: httpx.Client, name: str, batches: int) -> None:
+    rng = random.Random(2)
+    for _ in range(batches):  # one stats publish per batch
+        batch = [blob_sample(rng, size=8) for _ in range(10)]
+        assert c.post(f"/v1/models/{name}/learn/batch", json={"samples": batch}).status_code == 200
+
+
+@pytest.mark.timeout(180)
+def test_dashboard_says_what_it_shows(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """Unknown and empty models are named as such; the rate falls to 0 when the model is
+    idle; step ticks never repeat; the input standardizer gets no flat chart; ?static=1
+    renders once without a stream, so that ``chromium --screenshot`` returns."""
+    settings = make_settings(
+        API_KEYS=[WRITER], READONLY_API_KEYS=[READER], STATS_EVERY_STEPS=10, STATS_EVERY_SECONDS=0.5
+    )
+    auth = {"Authorization": f"Bearer {WRITER}"}
+    with ThreadServer(settings) as srv, chromium() as browser:
+        with srv.client(headers=auth) as c:
+            create(c, DEMO)
+            create(c, {**DEMO, "name": "empty"})
+            _learned(c, "demo", 12)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.set_default_timeout(20_000)
+        page.goto(f"{srv.url}/dashboard/nobody?key={READER}")
+        page.wait_for_function("() => window.onlinenormDashboard?.status === 'not found'")
+        assert page.inner_text("#live") == "not found"
+        assert "No model named “nobody” exists" in page.inner_text("#notice")
+        assert not page.is_visible("#performance") and not page.is_visible("#layers")
+        page.close()
+
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.set_default_timeout(20_000)
+        errors = PageErrors(page)
+        page.goto(f"{srv.url}/dashboard/empty?key={READER}")
+        page.wait_for_function("() => window.onlinenormDashboard?.status === 'live'")
+        assert page.inner_text("#live") == "no samples yet"
+        assert page.is_visible("#empty") and "No samples yet" in page.inner_text("#empty")
+        with srv.client(headers=auth) as c:
+            _learned(c, "empty", 1)
+        page.wait_for_function("() => document.querySelector('#live').textContent === 'live'")
+        assert not page.is_visible("#empty")
+
+        page.goto(f"{srv.url}/dashboard/demo")
+        page.wait_for_function("() => window.onlinenormDashboard?.status === 'live'")
+        charts = page.evaluate("() => Object.keys(window.onlinenormDashboard.charts)")
+        assert "input_norm/ecm" not in charts and "blocks.0.1/ecm" in charts
+        assert "u and v stay 0" in page.inner_text("#layers")
+        labels = page.evaluate(
+            "async () => (await import('/dashboard/static/charts.js')).stepLabels([1100, 1120, 1140, 1160])"
+        )
+        assert len(set(labels)) == 4, labels
+        with BackgroundLearner(srv.url, "demo", headers=auth, pause=0.01, size=8):
+            page.wait_for_function("() => Number(document.querySelector('#rate').textContent) > 0")
+        started = time.monotonic()
+        page.wait_for_function("() => document.querySelector('#rate').textContent === '0'", timeout=30_000)
+        assert time.monotonic() - started < 20
+        page.close()
+        assert errors.messages == []
+
+        shot = tmp_path / "static.png"
+        args = [str(CHROMIUM), "--headless", *CHROMIUM_ARGS, "--window-size=1440,900",
+                f"--screenshot={shot}", f"{srv.url}/dashboard/demo?static=1&key={READER}"]  # fmt: skip
+        done = subprocess.run(args, capture_output=True, text=True, timeout=90)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert shot.stat().st_size > 10_000
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "dashboard-static.png").write_bytes(shot.read_bytes())
+
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(f"{srv.url}/dashboard/demo?static=1&key={READER}")
+        page.wait_for_function("() => window.onlinenormDashboard?.status === 'static'")
+        page.wait_for_timeout(1500)
+        state = page.evaluate("() => ({events: window.onlinenormDashboard.events, "
+                              "history: window.onlinenormDashboard.historyEntries})")  # fmt: skip
+        assert state["events"] == 0 and state["history"] >= 10
+        assert page.inner_text("#live") == "snapshot"
+        page.close()
