@@ -3,7 +3,9 @@
 Each sample is predicted when it arrives (what a service with ``label_later`` serves),
 and learned from when its label arrives, ``delay`` samples later (delays 0 and 1 are
 both test-then-train); the score is the served prediction's, as the service's metrics
-score it, over every sample (as River's ``progressive_val_score`` scores them). Streams: the data sets that
+score it. As River's ``progressive_val_score`` does, a prediction made before any label
+arrived is not scored (River's untrained models answer nothing); a stream shorter than
+the delay therefore scores 0. Streams: the data sets that
 ship inside scikit-learn (digits, breast cancer, wine), shuffled with a fixed seed,
 and digits in its original order. Our learner gets the minimal spec and raw features.
 
@@ -55,7 +57,7 @@ def streams(seed: int) -> Iterator[tuple[str, Stream]]:
 def run_ours(stream: Stream, delay: int, overrides: dict[str, Any]) -> float:
     """Predict each sample on arrival and learn from it when its label arrives, just
     before sample ``i + delay`` (River's ``simulate_qa`` order); every served prediction
-    is scored, those whose labels would come after the stream's end included."""
+    made after the first label is scored, those whose labels come after the end too."""
     x, y = stream
     spec = {
         "name": "bench",
@@ -66,14 +68,16 @@ def run_ours(stream: Stream, delay: int, overrides: dict[str, Any]) -> float:
     }
     learner = OnlineLearner(spec)
     waiting: deque[tuple[int, torch.Tensor, int]] = deque()
-    correct = 0
+    correct = scored = 0
     for i, (xi, yi) in enumerate(zip(torch.from_numpy(x).float(), y.tolist(), strict=True)):
         while waiting and waiting[0][0] + delay <= i:
             _, xj, yj = waiting.popleft()
             learner.learn_one(xj, yj)
-        correct += learner.predict_one(xi).prediction == yi
+        if learner.step:  # as River: no score for a prediction made before any label came
+            correct += learner.predict_one(xi).prediction == yi
+            scored += 1
         waiting.append((i, xi, yi))
-    return correct / len(y)
+    return correct / scored if scored else 0.0
 
 
 def river_learners(quick: bool) -> dict[str, Callable[[], Any]]:
