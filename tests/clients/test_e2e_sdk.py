@@ -46,7 +46,8 @@ def test_model_lifecycle(client: Client, model_name: str) -> None:
     assert created.name == model_name and created.step == 0 and created.layers
     assert created.spec["num_classes"] == 3 and created.task == "classification"
     with pytest.raises(ConflictError, match="already exists"):
-        client.create_model(_spec(model_name))
+        client.create_model(_spec(model_name, seed=1))  # another spec under the name
+    assert client.create_model(_spec(model_name)).name == model_name  # a retried create is no conflict
     assert model_name in [m.name for m in client.list_models()]
     assert client.get_model(model_name).spec["network"]["hidden"] == [16]
     client.delete_model(model_name)
