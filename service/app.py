@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from redis.asyncio import Redis
 from starlette.types import Receive, Scope, Send
 
 from model.learner import OnlineLearner, resolve_device
+from service import executors
 from service.api.docs import mount_docs
 from service.api.hot import HotRoutes
 from service.api.limits import BodyLimitMiddleware, ContentTypeMiddleware
@@ -104,6 +106,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logging.basicConfig(level=settings.LOG_LEVEL.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings.warn_if_open()
     torch.set_num_threads(settings.TORCH_THREADS)
+    # Each model's torch work runs in its own threads (service.executors); a shorter GIL
+    # switch interval than Python's 5 ms keeps a Python-heavy step of one model from
+    # holding up the event loop and the other models' threads.
+    sys.setswitchinterval(min(sys.getswitchinterval(), executors.SWITCH_INTERVAL))
     device = _device(settings)
     warm_up = asyncio.create_task(asyncio.to_thread(_warm_up, device), name="warm-up")
     embedded = None if settings.REDIS_URL else EmbeddedRedis(settings.DATA_DIR)

@@ -25,7 +25,6 @@ latency to about 3x while an rnn over 2,000 steps trained).
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import weakref
 from collections import deque
@@ -134,8 +133,6 @@ _lock = threading.Lock()
 
 def of(model: Any) -> ModelLanes:
     """The lanes of ``model`` (a :class:`LiveModel`), made on first use."""
-    if sys.getswitchinterval() > SWITCH_INTERVAL:
-        sys.setswitchinterval(SWITCH_INTERVAL)
     with _lock:
         lanes = _lanes.get(model)
         if lanes is None:

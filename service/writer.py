@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import RedisError
 
 from model.learner import LearnerCorruptedError
 from service import executors
@@ -351,7 +351,7 @@ class ModelWriter:
             if isinstance(exc, UNREACHABLE):
                 self.health.mark_down(exc)
             else:
-                if _out_of_memory(exc):  # readiness, /metrics and the answers say so now
+                if is_out_of_memory(exc):  # readiness, /metrics and the answers say so now
                     self.health.note_refusal(exc)
                 logger.warning("model %s: log write refused by Redis: %s", self.model.name, exc)
             self._refuse_unavailable(to_log + self._followers)
@@ -649,7 +649,7 @@ class ModelWriter:
         if isinstance(exc, UNREACHABLE):
             self.health.mark_down(exc)
             logger.warning("model %s: snapshot failed (%s); retrying in %.1f s", name, exc, retry)
-        elif _out_of_memory(exc):
+        elif is_out_of_memory(exc):
             self.health.note_refusal(exc)
             logger.warning(
                 "model %s: snapshot refused, Redis is out of memory; retrying in %.1f s", name, retry
@@ -729,14 +729,6 @@ class ModelWriter:
         _fail(
             jobs, UnavailableError("Redis is unreachable: the sample was not logged, so it was not applied")
         )
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    """Redis refused for lack of memory. redis-py parses ``-OOM ...`` into
-    :class:`OutOfMemoryError` and drops the code from the message (a script's refusal
-    reads "command not allowed when used memory > 'maxmemory'"), which the
-    message test of :func:`is_out_of_memory` alone misses."""
-    return isinstance(exc, OutOfMemoryError) or is_out_of_memory(exc)
 
 
 def _key_reused(key: str) -> InvalidInputError:

@@ -24,7 +24,14 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ClusterDownError, RedisError, ResponseError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import (
+    ClusterDownError,
+    OutOfMemoryError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -109,8 +116,13 @@ async def connect(client: Redis, attempts: int, where: str) -> None:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether Redis refused a command for lack of memory (``OOM command not allowed``)."""
-    return isinstance(exc, ResponseError) and str(exc).startswith("OOM")
+    """Whether Redis refused a command for lack of memory. redis-py parses ``-OOM ...``
+    into :class:`OutOfMemoryError` and drops the code from the message (a script's
+    refusal reads "command not allowed when used memory > 'maxmemory'"); a reply that
+    reaches us unparsed still starts with ``OOM``."""
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and str(exc).startswith("OOM")
+    )
 
 
 def memory_refusal(info: dict[str, object]) -> str | None:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from redis.exceptions import RedisError
 from starlette.responses import Response
 
-from model.learner import Prediction
+from model.learner import NonFinitePredictionError, Prediction
 from service import executors
 from service.api import bodies, label_bodies
 from service.api.deps import ModelDep, ReadAccess, SettingsDep
@@ -62,6 +62,8 @@ async def _run(handle: ModelHandle, predict: Callable[[Any], T], arg: Any) -> T:
     trouble, not the client's, and changes nothing: 503, retry later."""
     try:
         return await executors.of(handle.model).read(predict, arg)
+    except NonFinitePredictionError as exc:  # the input, not the service: nothing to retry
+        raise InvalidInputError(str(exc)) from exc
     except Exception as exc:
         raise UnavailableError(
             f"the prediction failed on this replica ({type(exc).__name__}: {exc})"
