@@ -158,6 +158,6 @@ def test_openapi_documents_every_body_with_examples(client: httpx.Client) -> Non
                 content = op["requestBody"]["content"]["application/json"]
                 assert content.get("examples"), (method, path)
                 bodies += 1
-    assert bodies == 5  # create, learn, learn/batch, predict, predict/batch
+    assert bodies == 8  # create, learn, learn/batch, predict, predict/batch, labels, streams step/batch
     learn = schema["paths"]["/v1/models/{name}/learn"]["post"]
     assert any(p["name"] == "Idempotency-Key" for p in learn["parameters"])

@@ -101,11 +101,16 @@ class StreamList(BaseModel):
     next_cursor: str | None = Field(description="pass as cursor for the next page; null: the last page")
 
 
-def _body(model: type[BaseModel], example: dict[str, Any]) -> dict[str, Any]:
+def _body(model: type[BaseModel], summary: str, example: dict[str, Any]) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema(), "example": example}},
+            "content": {
+                "application/json": {
+                    "schema": model.model_json_schema(),
+                    "examples": {"example": {"summary": summary, "value": example}},
+                }
+            },
         }
     }
 
@@ -190,7 +195,7 @@ async def _submit(handle: ModelHandle, kind: str, steps: list[list[Any]], key: s
     response_model=StepResponse,
     responses=_RESPONSES,
     dependencies=[WriteAccess],
-    openapi_extra=_body(StepRequest, {"x": [0.3, -1.2], "y": 1}),
+    openapi_extra=_body(StepRequest, "one time step, with its label", {"x": [0.3, -1.2], "y": 1}),
 )
 async def stream_step(
     handle: ModelDep, stream: StreamId, request: Request, idempotency_key: IdempotencyKey = None
@@ -214,6 +219,7 @@ async def stream_step(
     dependencies=[WriteAccess],
     openapi_extra=_body(
         StepsRequest,
+        "steps of two streams, in order",
         {"steps": [{"stream": "dev-1", "x": [0.3, -1.2], "y": 1}, {"stream": "dev-2", "x": [1.0, 0.0]}]},
     ),
 )
