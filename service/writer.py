@@ -60,8 +60,10 @@ _BELL_BLOCK_SECONDS = 1.0
 #: Apply a group on the event loop when its steps should take at most this long (judged
 #: from this model's own step times; until they have been timed, never).
 _INLINE_SECONDS = 0.02
-#: How far one timing moves the average down (up, it moves at once: one slow step is
-#: enough to keep the next group off the event loop).
+#: A group this many times dearer per sample than the average replaces it at once (one
+#: such group is enough to keep the next one off the event loop).
+_JUMP = 4.0
+#: How far any other timing moves the average.
 _AVERAGE_WEIGHT = 0.25
 
 
@@ -453,9 +455,12 @@ class ModelWriter:
         return not self.model.lock.locked()
 
     def _timed(self, per_sample: float) -> None:
-        """Fold one group's seconds per sample into the moving average: up at once, down gently."""
+        """Fold one group's seconds per sample into the moving average. A step that got
+        several times dearer (a model that changed, a huge batch) counts at once; the
+        jitter of a shared machine (a preempted group) moves it only gently, so one slow
+        group does not send a quick model's groups off the event loop for long."""
         average = self._sample_seconds
-        if average is None or per_sample >= average:
+        if average is None or per_sample >= _JUMP * average:
             self._sample_seconds = per_sample
         else:
             self._sample_seconds = average + _AVERAGE_WEIGHT * (per_sample - average)
