@@ -446,13 +446,7 @@ class OnlineLearner:
         loss = self._loss(out, yb)
         self._clear_grads()
         loss.backward()
-        grads = [p.grad for p in self._params if p.grad is not None]
-        # clip_grad_norm_'s maths (total 2-norm, coefficient clamped at 1) without its
-        # wrappers: on this batch-of-one path each wrapper costs as much as a kernel
-        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        max_norm = self.spec.optimizer.clip_grad_norm
-        if max_norm is not None:
-            torch._foreach_mul_(grads, torch.clamp(max_norm / (grad_norm + 1e-6), max=1.0))
+        grad_norm = self._clip_grads()
         source = out if prediction_out is None else prediction_out
         host = [loss.detach().float(), grad_norm.float()]
         if self._classify:  # the class comes back in the same host sync
@@ -469,6 +463,31 @@ class OnlineLearner:
         else:
             prediction = self._decode(source)[0].prediction
             score = float((torch.as_tensor(prediction, dtype=torch.float32) - y).abs().mean())
+        try:
+            self._guarded_update(grad_value)
+        except NonFiniteStepError:
+            self._restore_norm_state(health)
+            self._clear_grads()
+            raise
+        self.step += 1
+        self.metrics.update(loss_value, score)
+        return LearnResult(step=self.step, loss=loss_value, prediction=prediction)
+
+    def _clip_grads(self) -> Tensor:
+        """The gradients' total 2-norm, after clipping them to ``clip_grad_norm``:
+        clip_grad_norm_'s maths (coefficient clamped at 1) without its wrappers, which on
+        a batch-of-one step each cost as much as a kernel."""
+        grads = [p.grad for p in self._params if p.grad is not None]
+        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        max_norm = self.spec.optimizer.clip_grad_norm
+        if max_norm is not None:
+            torch._foreach_mul_(grads, torch.clamp(max_norm / (grad_norm + 1e-6), max=1.0))
+        return grad_norm
+
+    def _guarded_update(self, grad_value: float) -> None:
+        """The autograd steps' optimizer update under the update guard: if the weights
+        come out non-finite, they and the optimizer state are put back and
+        :class:`NonFiniteStepError` is raised (the caller restores what else it changed)."""
         self._guard.prepare(grad_value)
         try:
             self.optimizer.step()
@@ -476,12 +495,7 @@ class OnlineLearner:
             raise _update_failed(exc) from exc
         if not self._guard.finite():
             self._guard.restore()
-            self._restore_norm_state(health)
-            self._clear_grads()
             raise _non_finite_weights()
-        self.step += 1
-        self.metrics.update(loss_value, score)
-        return LearnResult(step=self.step, loss=loss_value, prediction=prediction)
 
     def _fast_step(self, x: Tensor, y: Tensor) -> LearnResult:
         """The step of :mod:`model.fast`: computed without writing, checked, applied."""
@@ -613,11 +627,7 @@ class OnlineLearner:
                 window_out = network.window(new_state, controls)
                 loss = self._loss(window_out, y[None].to(self.device))
                 loss.backward()
-        grads = [p.grad for p in self._params if p.grad is not None]
-        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        max_norm = self.spec.optimizer.clip_grad_norm
-        if max_norm is not None:
-            torch._foreach_mul_(grads, torch.clamp(max_norm / (grad_norm + 1e-6), max=1.0))
+        grad_norm = self._clip_grads()
         if loss_value is None:
             loss_value, grad_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()
         else:
@@ -628,14 +638,7 @@ class OnlineLearner:
             prediction = self._decode(out)[0]
         except NonFinitePredictionError as exc:
             raise NonFiniteStepError(f"{exc}; the step was rolled back") from exc
-        self._guard.prepare(grad_value)
-        try:
-            self.optimizer.step()
-        except Exception as exc:
-            raise _update_failed(exc) from exc
-        if not self._guard.finite():
-            self._guard.restore()
-            raise _non_finite_weights()
+        self._guarded_update(grad_value)
         for control in controls:  # u, v: once per optimizer step, after it is certain
             control.commit()
         self.step += 1
