@@ -32,7 +32,7 @@ from model.state_io import (
     prefixed,
     unprefixed,
 )
-from model.stream import StatefulRNN
+from model.stream import Control, StatefulRNN
 from model.stream_state import StreamLayout, StreamState
 
 STATE_FORMAT = 1
@@ -616,15 +616,66 @@ class OnlineLearner:
             prediction = self._decode(out)[0]  # NonFinitePredictionError if it is not finite
             return new_state, StreamResult(state.t, prediction, None, self.step)
         controls = network.controls()
+        loss_value, grad_value = self._window_gradients(new_state, y, controls)
+        try:
+            prediction = self._decode(out)[0]
+        except NonFinitePredictionError as exc:
+            raise NonFiniteStepError(f"{exc}; the step was rolled back") from exc
+        self._window_update(controls, grad_value, loss_value, prediction.prediction, y)
+        return new_state, StreamResult(state.t, prediction, loss_value, self.step)
+
+    def stream_learn(self, window: StreamState, y: Any, served: PredictionValue) -> LearnResult:
+        """Learn now from a label that arrived after its time step: ``window`` is the state
+        :meth:`stream_step` returned for that step (without ``y``), ``served`` the
+        prediction it answered. One optimizer step of truncated BPTT over that window, with
+        the current weights, exactly as :meth:`stream_step` would have taken it with ``y``
+        (the window keeps each step's arrival statistics, so nothing advances them again);
+        ON's control processes advance now, in label order. The metrics score ``served``.
+        ``y`` and ``window`` are checked first (:class:`InvalidSampleError`); on a
+        non-finite loss, gradient or updated weights :class:`NonFiniteStepError`, and on a
+        computation that raised :class:`StepFailedError`, the learner is left byte for byte
+        as before."""
+        layout = self._layout()
+        yt = self.check_y(y)
+        window = self._check_stream(window, layout)
+        if not window.steps:
+            raise InvalidSampleError("the stream state has no time step to learn from")
+        network = self.network
+        assert isinstance(network, StatefulRNN)
+        health = self._save_norm_state()
+        try:
+            controls = network.controls()
+            loss_value, grad_value = self._window_gradients(window, yt, controls)
+            self._window_update(controls, grad_value, loss_value, served, yt)
+        except LearnerCorruptedError:
+            raise
+        except StepRolledBackError:
+            self._restore_norm_state(health)
+            self._clear_grads()
+            raise
+        except Exception as exc:
+            self._restore_norm_state(health)
+            self._clear_grads()
+            raise _step_failed(exc) from exc
+        return LearnResult(step=self.step, loss=loss_value, prediction=served)
+
+    def _window_gradients(
+        self, window: StreamState, y: Tensor, controls: list[Control]
+    ) -> tuple[float, float]:
+        """The gradients of the loss of ``window``'s last output (truncated BPTT over the
+        window), clipped: ``(loss, gradient norm)``, both checked finite (else
+        :class:`NonFiniteStepError`, nothing updated yet)."""
+        network = self.network
+        assert isinstance(network, StatefulRNN)
         self._clear_grads()
         loss_value: float | None = None
         if self._window is not None:  # the NumPy window: the eager one's maths, less dispatch
             target: int | np.ndarray = int(y) if self._classify else y.numpy()
-            loss_value = self._window.loss_and_grads(new_state, target, controls)[0]
+            loss_value = self._window.loss_and_grads(window, target, controls)[0]
         else:
             self._set_training(False)  # the window records no health signal
             with torch.enable_grad():
-                window_out = network.window(new_state, controls)
+                window_out = network.window(window, controls)
                 loss = self._loss(window_out, y[None].to(self.device))
                 loss.backward()
         grad_norm = self._clip_grads()
@@ -634,20 +685,27 @@ class OnlineLearner:
             grad_value = float(grad_norm)
         if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
             raise _non_finite(loss_value, grad_value)
-        try:
-            prediction = self._decode(out)[0]
-        except NonFinitePredictionError as exc:
-            raise NonFiniteStepError(f"{exc}; the step was rolled back") from exc
+        return loss_value, grad_value
+
+    def _window_update(
+        self,
+        controls: list[Control],
+        grad_value: float,
+        loss_value: float,
+        scored: PredictionValue,
+        y: Tensor,
+    ) -> None:
+        """The optimizer step of a window, then ``u``/``v`` (once per optimizer step, after
+        it is certain), the step count and the metrics, which score ``scored``."""
         self._guarded_update(grad_value)
-        for control in controls:  # u, v: once per optimizer step, after it is certain
+        for control in controls:
             control.commit()
         self.step += 1
         if self._classify:
-            score = float(prediction.prediction == int(y))
+            score = float(scored == int(y))
         else:
-            score = float((torch.as_tensor(prediction.prediction, dtype=torch.float32) - y).abs().mean())
+            score = float((torch.as_tensor(scored, dtype=torch.float32) - y).abs().mean())
         self.metrics.update(loss_value, score)
-        return new_state, StreamResult(state.t, prediction, loss_value, self.step)
 
     # --------------------------------------------------------------- inspection
     def layer_names(self) -> list[str]:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from model.layers import OnlineNorm1d
-from model.learner import OnlineLearner, StreamRequiredError
+from model.learner import InvalidSampleError, NonFiniteStepError, OnlineLearner, StreamRequiredError
 from model.stream_state import StreamState
 
 from .helpers import assert_rel
@@ -274,3 +274,65 @@ def test_stateless_calls_are_refused_on_a_stateful_model_and_streams_on_a_statel
     assert OnlineLearner(_spec("online-ls")).path == "fast"  # the numpy window
     with pytest.raises(ValueError, match="layer"):
         OnlineLearner(_spec("layer"), path="fast")
+
+
+# ------------------------------------------------------------- labels that arrive later
+@pytest.mark.parametrize("path", ["fast", "eager"])
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_a_label_learned_later_is_the_step_with_its_label_when_nothing_came_between(
+    task: str, path: str
+) -> None:
+    """``stream_step`` without ``y`` then ``stream_learn`` on the window it returned is
+    ``stream_step`` with ``y``: the same weights, statistics, optimizer state and metrics,
+    bit for bit (the window keeps each step's arrival statistics)."""
+    spec = (
+        _spec("online-ls") if task == "regression" else {**_spec("online-ls"), "task": task, "num_classes": 3}
+    )
+    now = OnlineLearner(spec, path=path)
+    later = OnlineLearner(spec, path=path)
+    a = b = None
+    for i, x in enumerate(_xs(3 * K)):
+        y = i % 3 if task == "classification" else _ys(3 * K)[i]
+        a, ra = now.stream_step(a, x, y)
+        b, rb = later.stream_step(b, x)
+        learned = later.stream_learn(b, y, rb.prediction.prediction)
+        assert learned.prediction == ra.prediction.prediction == rb.prediction.prediction
+        assert learned.loss == ra.loss and learned.step == ra.step == i + 1
+    assert now.state_bytes() == later.state_bytes()
+    assert now.metrics_dict() == later.metrics_dict()
+
+
+def test_a_late_label_learns_from_its_own_window_with_the_weights_of_now() -> None:
+    """Steps that arrived after the labelled one (other streams, or the same stream) do
+    not enter its window; its gradient is taken with the current weights, and the forward
+    statistics do not move (only an arrival moves them), while u/v do."""
+    learner = OnlineLearner(_spec("online-ls"))
+    state, first = learner.stream_step(None, _xs(1)[0])
+    window = state
+    for x, y in zip(_xs(5, seed=4), _ys(5, seed=5), strict=True):
+        state, _ = learner.stream_step(state, x, y)  # the stream moves on, labelled
+    mu = [m.norm.mu.clone() for m in learner.network.layers]
+    u = [m.norm.u.clone() for m in learner.network.layers]
+    oracle = OnlineLearner.from_state_bytes(learner.state_bytes())
+    grads, _ = _oracle(oracle, window, 0.25)
+    before = {n: p.detach().clone() for n, p in learner.network.named_parameters()}
+    result = learner.stream_learn(window, 0.25, first.prediction.prediction)
+    assert result.step == 6 and result.prediction == first.prediction.prediction
+    for name, p in learner.network.named_parameters():
+        if name in grads:  # plain SGD, lr 0.05: the update is the oracle's gradient
+            assert_rel(before[name] - p.detach(), 0.05 * grads[name], 1e-3, name)
+    assert all(torch.equal(a, m.norm.mu) for a, m in zip(mu, learner.network.layers, strict=True))
+    assert not all(torch.equal(a, m.norm.u) for a, m in zip(u, learner.network.layers, strict=True))
+
+
+def test_a_late_label_that_is_not_finite_or_not_valid_changes_nothing() -> None:
+    learner = OnlineLearner(_spec("online-ls"))
+    state, r = learner.stream_step(None, _xs(1)[0])
+    before = learner.state_bytes()
+    with pytest.raises(InvalidSampleError):
+        learner.stream_learn(state, "one", r.prediction.prediction)
+    with pytest.raises(InvalidSampleError):
+        learner.stream_learn(learner.new_stream(), 0.5, 0.0)  # an empty window: nothing to learn from
+    with pytest.raises(NonFiniteStepError):
+        learner.stream_learn(state, 1e38, r.prediction.prediction)
+    assert learner.state_bytes() == before
