@@ -13,7 +13,11 @@ records, so they reach the same state and answer every request the same way:
   raises is rolled back with the samples after it. Such a rollback is recorded in the
   log; replay applies exactly the samples the record says, whether or not the failure
   would happen again. A labels entry is scored against the predictions that were
-  served, not against what the model predicts now.
+  served, not against what the model predicts now;
+* a stream entry whose prediction ids cannot be used (an id used again; a late label
+  whose step is unknown, expired or labelled) is refused (409 or 404) before anything of
+  it is applied: the waiting steps are part of the model's state, so every replay
+  refuses it the same way.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ from typing import Any
 import orjson
 
 from service.answers import Answer
-from service.errors import ConflictError, InvalidInputError
+from service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
 from service.idempotency import IdempotencyRecords, Record, fingerprint
 from service.live import STREAM_KINDS, LiveModel, Outcome
 from service.store.log import SYNC, LogEntry, Rollback
+from service.stream_labels import LabelIdRefused
 
 
 @dataclass(frozen=True)
@@ -73,10 +78,38 @@ def apply_entry(
             )
     if entry.dup:
         return Applied(entry, Answer(error=ConflictError("these predictions were labelled already")))
-    outcome, rollback = _learn(model, entry, recorded, xs, ys)
+    try:
+        outcome, rollback = _learn(model, entry, recorded, xs, ys)
+    except LabelIdRefused as exc:  # decided from the log alone: the same on every replay
+        return Applied(entry, Answer(error=_refused(exc, entry.kind, model.name)))
     if key is not None:
         records.put(key, Record(entry.id, fingerprint(entry.kind, entry.fingerprinted), outcome))
     return Applied(entry, Answer(outcome), rollback)
+
+
+def _refused(exc: LabelIdRefused, kind: str, name: str) -> ServiceError:
+    """The 409 or 404 of a prediction id that an entry of ``kind`` cannot use."""
+    batch = kind in ("streams", "stream_labels")
+    where = (f"steps[{exc.index}]: " if kind == "streams" else f"labels[{exc.index}]: ") if batch else ""
+    pid = exc.prediction_id
+    if exc.why == "used":
+        detail = f"{where}prediction_id {pid!r} was already used for a prediction of model {name!r}"
+    elif exc.why == "duplicate":
+        detail = f"{where}prediction_id {pid!r} appears twice in one request"
+    elif exc.why == "labelled":
+        detail = f"{where}prediction {pid!r} was labelled already"
+    elif exc.why == "expired":
+        detail = (
+            f"{where}prediction {pid!r} of model {name!r} is expired "
+            "(it waited longer than ONLINENORM_LABEL_TTL_SECONDS)"
+        )
+    else:
+        detail = (
+            f"{where}prediction {pid!r} of model {name!r} is unknown "
+            "(not made with label_later, evicted, or expired and forgotten)"
+        )
+    detail += "; nothing was applied"
+    return ConflictError(detail) if exc.status == 409 else NotFoundError(detail)
 
 
 def _learn(

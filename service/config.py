@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         ge=1,
         description="per model: most predictions waiting for a label; past it the oldest expire early",
     )
+    MAX_PENDING_STREAM_LABELS: int = Field(
+        10_000,
+        ge=1,
+        description="stateful rnn, per model: most stream steps waiting for a label (each keeps its "
+        "window); past it the oldest is evicted",
+    )
     STREAM_TTL_SECONDS: float = Field(
         7 * 86400.0,
         gt=0,

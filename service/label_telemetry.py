@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -52,6 +53,14 @@ class LabelTelemetry:
             delay = self.delay.labels(model)
             for seconds in change.delays_seconds:
                 delay.observe(seconds)
+
+    def observe_entry(self, model: str, labels: dict[str, Any]) -> None:
+        """What a stateful rnn's stream entry did to its steps waiting for labels
+        (:meth:`service.stream_labels.LabelChange.to_json`)."""
+        delays = tuple(float(d) for d in labels.get("delays", ()))
+        self.observe(
+            model, Change(int(labels["pending"]), int(labels["expired"]), int(labels["evicted"]), delays)
+        )
 
     def remove(self, model: str) -> None:
         for metric in (self.pending, self.received, self.expired, self.evicted, self.delay):

@@ -28,10 +28,14 @@ from model.learner import (
 from model.metrics import PrequentialMetrics
 from model.spec import ModelSpec
 from service import stream_table
+from service.store.pending import LabelCounts
+from service.stream_labels import Awaiting, AwaitingLabels, LabelChange
 from service.stream_table import LiveStream, StreamTable
 
-#: Log entry kinds of stateful rnn streams: steps (one, or a batch), and a reset.
-STREAM_KINDS = ("stream", "streams", "stream_reset")
+#: Log entry kinds of late labels of stream steps (one, or a batch).
+LABEL_KINDS = ("stream_label", "stream_labels")
+#: Log entry kinds of stateful rnn streams: steps (one, or a batch), a reset, late labels.
+STREAM_KINDS = ("stream", "streams", "stream_reset", *LABEL_KINDS)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Outcome:
     error: str | None = None
     failed_index: int | None = None
     extras: list[dict[str, Any]] | None = None
+    labels: dict[str, Any] | None = None  #: stream entries: what they did to the waiting steps
 
     @property
     def applied(self) -> int:
@@ -67,6 +72,8 @@ class Outcome:
         }
         if self.extras is not None:
             out["extras"] = self.extras
+        if self.labels is not None:
+            out["labels"] = self.labels
         return out
 
     @classmethod
@@ -78,6 +85,7 @@ class Outcome:
             error=data["error"],
             failed_index=data["failed_index"],
             extras=data.get("extras"),
+            labels=data.get("labels"),
         )
 
 
@@ -123,12 +131,20 @@ class LiveModel:
         *,
         stream_ttl_seconds: float = 7 * 86400.0,
         max_streams: int = 10_000,
+        label_ttl_seconds: float = 86400.0,
+        max_pending_stream_labels: int = 10_000,
     ) -> None:
         self.name = name
         self.learner = learner
         #: The live streams of a stateful rnn (None for any other model).
         self.streams = (
             StreamTable(int(stream_ttl_seconds * 1000), max_streams)
+            if learner.spec.network.stateful
+            else None
+        )
+        #: Its stream steps waiting for a late label (None for any other model).
+        self.awaiting = (
+            AwaitingLabels(int(label_ttl_seconds * 1000), max_pending_stream_labels)
             if learner.spec.network.stateful
             else None
         )
@@ -207,32 +223,77 @@ class LiveModel:
         return out
 
     def apply_streams(self, kind: str, steps: Sequence[Any], at_ms: int) -> Outcome:
-        """Stream entries: ``steps`` are ``(stream, x, y or None)`` (``(stream,)`` for a
-        reset), applied in order at log time ``at_ms``; a step that fails (non-finite, or
-        raised) leaves the learner and its stream as they were and ends the request."""
-        table = self.streams
-        if table is None:
+        """Stream entries at log time ``at_ms``: steps ``(stream, x, y or None[, prediction
+        id])`` (an id: the step waits for its label), a reset ``(stream,)``, or late labels
+        ``(prediction id, y)``. They apply in order; a step that fails (non-finite, or
+        raised) leaves the learner and its stream as they were and ends the request. An
+        id that cannot be used raises :class:`LabelIdRefused` before anything is applied."""
+        table, awaiting = self.streams, self.awaiting
+        if table is None or awaiting is None:
             raise ValueError(f"model {self.name!r} is not a stateful rnn: it has no streams")
         with self.lock:
             if kind == "stream_reset":
                 table.reset(str(steps[0][0]))
                 return Outcome(kind, self.learner.step, [])
-            results: list[LearnResult] = []
-            extras: list[dict[str, Any]] = []
-            for i, (stream, x, y) in enumerate(steps):
-                table.sweep(at_ms)
-                try:
-                    state, r = self.learner.stream_step(table.state(stream), x, y)
-                except (StepRolledBackError, NonFinitePredictionError) as exc:
-                    return Outcome(kind, self.learner.step, results, str(exc), i, extras)
-                table.put(stream, state, at_ms)
-                results.append(LearnResult(step=r.step, loss=r.loss, prediction=r.prediction.prediction))  # type: ignore[arg-type]
-                extra: dict[str, Any] = {"stream": stream, "t": r.t}
+            change = LabelChange()
+            if kind in LABEL_KINDS:
+                outcome = self._late_labels(kind, steps, at_ms, change)
+            else:
+                outcome = self._steps(kind, steps, at_ms, change)
+            awaiting.sweep(at_ms, change)
+            change.pending = len(awaiting)
+            if outcome.results:
+                self.updated_at = at_ms / 1000.0
+            return dataclasses.replace(outcome, labels=change.to_json())
+
+    def _steps(self, kind: str, steps: Sequence[Any], at_ms: int, change: LabelChange) -> Outcome:
+        table, awaiting = self.streams, self.awaiting
+        assert table is not None and awaiting is not None
+        later = [(i, str(s[3])) for i, s in enumerate(steps) if len(s) > 3 and s[3] is not None]
+        awaiting.check_new(later, at_ms)
+        results: list[LearnResult] = []
+        extras: list[dict[str, Any]] = []
+        for i, (stream, x, y, *rest) in enumerate(steps):
+            table.sweep(at_ms)
+            try:
+                state, r = self.learner.stream_step(table.state(stream), x, y)
+            except (StepRolledBackError, NonFinitePredictionError) as exc:
+                return Outcome(kind, self.learner.step, results, str(exc), i, extras)
+            table.put(stream, state, at_ms)
+            prediction = r.prediction.prediction
+            results.append(LearnResult(step=r.step, loss=r.loss, prediction=prediction))  # type: ignore[arg-type]
+            extra: dict[str, Any] = {"stream": stream, "t": r.t}
+            if r.prediction.probabilities is not None:
+                extra["probabilities"] = r.prediction.probabilities
+            pid = rest[0] if rest else None
+            if pid is not None:
+                extra["prediction_id"] = pid
+                served = {"stream": stream, "t": r.t, "prediction": prediction, "step": r.step}
                 if r.prediction.probabilities is not None:
-                    extra["probabilities"] = r.prediction.probabilities
-                extras.append(extra)
-            self.updated_at = at_ms / 1000.0
-            return Outcome(kind, self.learner.step, results, extras=extras)
+                    served["probabilities"] = r.prediction.probabilities
+                awaiting.add(str(pid), Awaiting(state, served, at_ms), change)
+            extras.append(extra)
+        return Outcome(kind, self.learner.step, results, extras=extras)
+
+    def _late_labels(self, kind: str, labels: Sequence[Any], at_ms: int, change: LabelChange) -> Outcome:
+        """Labels ``(prediction id, y)`` of steps that waited: each learns from its own
+        window, in order, scored against the prediction that was served."""
+        awaiting = self.awaiting
+        assert awaiting is not None
+        ids = [str(pid) for pid, _ in labels]
+        found = awaiting.check_labels(ids, at_ms)
+        results: list[LearnResult] = []
+        extras: list[dict[str, Any]] = []
+        for i, ((pid, y), waiting) in enumerate(zip(labels, found, strict=True)):
+            served = waiting.served
+            try:
+                r = self.learner.stream_learn(waiting.state, y, served["prediction"])
+            except StepRolledBackError as exc:  # it, and the labels after it, still wait
+                return Outcome(kind, self.learner.step, results, str(exc), i, extras)
+            awaiting.take(str(pid), at_ms, change)
+            results.append(r)
+            extras.append({"stream": served["stream"], "t": served["t"], "prediction_id": pid})
+        return Outcome(kind, self.learner.step, results, extras=extras)
 
     def stream_info(self, stream: str) -> tuple[int, LiveStream | None]:
         """A stream as readers see it now (None: not live)."""
@@ -259,13 +320,24 @@ class LiveModel:
                 "max_bytes_per_stream": layout.max_nbytes if layout is not None else None,
                 "expired": table.expired,
                 "evicted": table.evicted,
+                "awaiting_label_bytes": self.awaiting.nbytes() if self.awaiting is not None else 0,
             }
+
+    def stream_label_counts(self) -> LabelCounts | None:
+        """The late labels of a stateful rnn's steps as readers see them now (None: not one)."""
+        if self.awaiting is None:
+            return None
+        with self.lock:
+            return self.awaiting.counts(int(time.time() * 1000))
 
     def load_state(self, data: bytes, updated_at: float | None) -> None:
         """Replace the whole learner state (a snapshot), streams included, in place."""
         with self.lock:
             if self.streams is not None:
-                data = stream_table.unpack(data, self.streams, self.learner.stream_state_from_parts)
+                assert self.awaiting is not None
+                data = stream_table.unpack(
+                    data, self.streams, self.awaiting, self.learner.stream_state_from_parts
+                )
             self.learner.load_state_bytes(data)
             self.updated_at = updated_at
 
@@ -290,5 +362,6 @@ class LiveModel:
         with self.lock:
             state = self.learner.state_bytes()
             if self.streams is not None:
-                state = stream_table.pack(state, self.streams)
+                assert self.awaiting is not None
+                state = stream_table.pack(state, self.streams, self.awaiting)
             return self.learner.step, state

@@ -1,5 +1,6 @@
 """What a model's metrics add to its prequential figures: its delayed labels (read
-from Redis, so any replica can say) and, for a stateful rnn, its live streams."""
+from Redis, so any replica can say; a stateful rnn's from the model) and, for a stateful
+rnn, its live streams."""
 
 from __future__ import annotations
 
@@ -24,7 +25,12 @@ async def extra_metrics(handle: ModelHandle, settings: Settings) -> dict[str, An
 
 async def _label_metrics(handle: ModelHandle, settings: Settings) -> dict[str, Any]:
     """``pending_labels``, counters and label delays; while Redis cannot say, the last
-    ones read here (the rest of the metrics are served from memory and stay available)."""
+    ones read here (the rest of the metrics are served from memory and stay available).
+    A stateful rnn's steps wait for their labels in the model itself: its figures are
+    read from there."""
+    in_model = handle.model.stream_label_counts()
+    if in_model is not None:
+        return in_model.to_json()
     remote = handle.remote
     try:
         counts = await pending.label_counts(

@@ -195,6 +195,8 @@ class Registry:
             created_at,
             stream_ttl_seconds=self.settings.STREAM_TTL_SECONDS,
             max_streams=self.settings.MAX_STREAMS,
+            label_ttl_seconds=self.settings.LABEL_TTL_SECONDS,
+            max_pending_stream_labels=self.settings.MAX_PENDING_STREAM_LABELS,
         )
 
     def _handle(self, incarnation: str, layers: list[str], model: LiveModel) -> ModelHandle:
@@ -254,8 +256,10 @@ class Registry:
         est = estimate_memory(spec)
         limit = self.settings.MAX_MODEL_BYTES
         streams = 0
-        if spec.network.stateful:  # every live stream's window is held, and snapshotted
-            streams = self.settings.MAX_STREAMS * StreamLayout.of(spec).max_nbytes
+        windows = self.settings.MAX_STREAMS + self.settings.MAX_PENDING_STREAM_LABELS
+        if spec.network.stateful:  # every live stream's window is held, and snapshotted, and
+            # so is the window of every step that waits for a late label
+            streams = windows * StreamLayout.of(spec).max_nbytes
         if est.training_bytes + streams > limit:
             raise InvalidInputError(
                 f"the model needs about {format_bytes(est.training_bytes)} to train (weights "
@@ -264,7 +268,9 @@ class Registry:
                 f"{format_bytes(est.largest_activation)}); the limit is {format_bytes(limit)} "
                 "(ONLINENORM_MAX_MODEL_BYTES)"
                 + (
-                    f", and its {self.settings.MAX_STREAMS} streams up to {format_bytes(streams)}"
+                    f", and its {self.settings.MAX_STREAMS} streams and "
+                    f"{self.settings.MAX_PENDING_STREAM_LABELS} steps waiting for labels up to "
+                    f"{format_bytes(streams)}"
                     if streams
                     else ""
                 )
@@ -273,7 +279,8 @@ class Registry:
             raise InvalidInputError(
                 f"the model's state would be about {format_bytes(est.state_bytes + streams)}"
                 + (
-                    f" with {self.settings.MAX_STREAMS} full stream windows (ONLINENORM_MAX_STREAMS)"
+                    f" with {windows} full stream windows (ONLINENORM_MAX_STREAMS streams and "
+                    "ONLINENORM_MAX_PENDING_STREAM_LABELS steps waiting for labels)"
                     if streams
                     else ""
                 )

@@ -5,7 +5,8 @@ Every rule is a function of the log alone, so the owner and a replica replaying 
 log reach the same table: a stream idle for longer than ``ONLINENORM_STREAM_TTL_SECONDS``
 *by the log time of the step being applied* is forgotten (its next step starts
 afresh), and a new stream past ``ONLINENORM_MAX_STREAMS`` evicts the stream idle the
-longest. The table is part of the model's snapshot (see :func:`pack` and :func:`unpack`).
+longest. The table is part of the model's snapshot (see :func:`pack` and :func:`unpack`),
+with the windows that wait for a late label (:mod:`service.stream_labels`).
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from safetensors.torch import save as save_tensors
 from torch import Tensor
 
 from model.stream_state import StreamState
+from service.stream_labels import Awaiting, AwaitingLabels
 
 #: The safetensors metadata key that marks a snapshot holding streams.
 _CONTAINER_KEY = "onlinenorm_streams"
-_CONTAINER_FORMAT = 1
+_CONTAINER_FORMAT = 2
+#: Formats this code reads: 1 had no windows waiting for labels.
+_CONTAINER_FORMATS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -104,18 +108,38 @@ class StreamTable:
         self.expired, self.evicted = expired, evicted
 
 
-def pack(learner_state: bytes, table: StreamTable) -> bytes:
-    """The learner's state bytes and every stream's state in one safetensors file: the
-    learner's bytes as a uint8 tensor, each stream's tensors under ``s<i>.``, and the
-    streams' ids, times and metas (in table order) as JSON metadata."""
+def _own(t: Tensor) -> Tensor:
+    """A tensor with storage of its own: states share tensors (a stream's ``h0`` is a
+    hidden state of an older step, and a waiting window shares them with its stream),
+    and safetensors refuses to save shared storage."""
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+def pack(learner_state: bytes, table: StreamTable, awaiting: AwaitingLabels) -> bytes:
+    """The learner's state bytes, every stream's state and every window waiting for its
+    label in one safetensors file: the learner's bytes as a uint8 tensor, each stream's
+    tensors under ``s<i>.``, each waiting window's under ``p<i>.``, and the ids, times,
+    metas and served predictions (in table order) as JSON metadata."""
     tensors: dict[str, Tensor] = {"learner": torch.frombuffer(bytearray(learner_state), dtype=torch.uint8)}
     streams = []
     for i, (name, live) in enumerate(table.items()):
         parts, meta = live.state.to_parts()
-        tensors.update({f"s{i}.{k}": v.contiguous() for k, v in parts.items()})
+        tensors.update({f"s{i}.{k}": _own(v) for k, v in parts.items()})
         streams.append([name, live.updated_ms, meta, sorted(parts)])
+    waiting = []
+    for i, (pid, entry) in enumerate(awaiting.items()):
+        parts, meta = entry.state.to_parts()
+        tensors.update({f"p{i}.{k}": _own(v) for k, v in parts.items()})
+        waiting.append([pid, entry.at_ms, entry.served, meta, sorted(parts)])
     meta_json = json.dumps(
-        {"format": _CONTAINER_FORMAT, "streams": streams, "expired": table.expired, "evicted": table.evicted}
+        {
+            "format": _CONTAINER_FORMAT,
+            "streams": streams,
+            "expired": table.expired,
+            "evicted": table.evicted,
+            "awaiting": waiting,
+            "labels": awaiting.to_meta(),
+        }
     )
     return save_tensors(tensors, metadata={_CONTAINER_KEY: meta_json})
 
@@ -136,22 +160,32 @@ def _metadata(data: bytes) -> dict[str, str]:
 
 
 def unpack(
-    data: bytes, table: StreamTable, restore: Callable[[dict[str, Tensor], dict[str, Any]], StreamState]
+    data: bytes,
+    table: StreamTable,
+    awaiting: AwaitingLabels,
+    restore: Callable[[dict[str, Tensor], dict[str, Any]], StreamState],
 ) -> bytes:
     """The learner's bytes out of :func:`pack`'s file, the streams loaded into ``table``
-    (``restore`` checks each against the model). Bytes without streams (a model's first
-    snapshot) are the learner's own: the table is emptied."""
+    and the waiting windows into ``awaiting`` (``restore`` checks each state against the
+    model). Bytes without streams (a model's first snapshot) are the learner's own: both
+    are emptied."""
     meta_json = _metadata(data).get(_CONTAINER_KEY)
     if meta_json is None:
         table.replace([], 0, 0)
+        awaiting.replace([], None)
         return data
     meta = json.loads(meta_json)
-    if meta.get("format") != _CONTAINER_FORMAT:
+    if meta.get("format") not in _CONTAINER_FORMATS:
         raise ValueError(f"unsupported stream snapshot format {meta.get('format')!r}")
     tensors = load_tensors(data)
     streams = []
     for i, (name, updated_ms, part_meta, names) in enumerate(meta["streams"]):
         parts = {k: tensors[f"s{i}.{k}"] for k in names}
         streams.append((str(name), LiveStream(restore(parts, part_meta), int(updated_ms))))
+    waiting = []
+    for i, (pid, at_ms, served, part_meta, names) in enumerate(meta.get("awaiting", [])):
+        parts = {k: tensors[f"p{i}.{k}"] for k in names}
+        waiting.append((str(pid), Awaiting(restore(parts, part_meta), dict(served), int(at_ms))))
     table.replace(streams, int(meta["expired"]), int(meta["evicted"]))
+    awaiting.replace(waiting, meta.get("labels"))
     return tensors["learner"].numpy().tobytes()

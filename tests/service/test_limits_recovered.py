@@ -1,5 +1,5 @@
-"""Resource limits that follow a model: a stateful rnn's streams count against the
-budget at create, and a model recovered under lower limits is refused by name instead
+"""Resource limits that follow a model: a stateful rnn's streams (and its steps that
+wait for late labels) count against the budget at create, and a model recovered under lower limits is refused by name instead
 of being built (registry.check_budget in _build)."""
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ def test_the_streams_of_a_stateful_rnn_count_against_the_budget(
         r = c.post("/v1/models", json=big)
         assert r.status_code == 422 and "streams" in r.json()["detail"], r.text
     with ThreadServer(make_settings(MAX_STREAMS=10)) as srv, srv.client() as c:
-        assert c.post("/v1/models", json=big).status_code == 201  # ten windows fit
+        r = c.post("/v1/models", json=big)  # ten streams, but 10,000 steps that may wait for labels
+        assert r.status_code == 422 and "waiting for labels" in r.json()["detail"], r.text
+    with ThreadServer(make_settings(MAX_STREAMS=10, MAX_PENDING_STREAM_LABELS=10)) as srv, srv.client() as c:
+        assert c.post("/v1/models", json=big).status_code == 201  # twenty windows fit
 
 
 def test_a_model_recovered_under_a_lower_limit_is_refused_by_name(

@@ -139,7 +139,10 @@ def test_bad_steps_change_nothing(client: httpx.Client, rds: redis.Redis, prefix
         ({"x": [1.0, 2.0], "y": 5}, "y"),
         ({"x": [1.0, 2.0], "z": 1}, "unknown field"),
         ({"y": 1}, "missing 'x'"),
-        ({"x": [1.0, 2.0], "label_later": True}, "label_later"),
+        ({"x": [1.0, 2.0], "y": 1, "label_later": True}, "label_later"),
+        ({"x": [1.0, 2.0], "y": 1, "prediction_id": "p1"}, "label_later"),
+        ({"x": [1.0, 2.0], "label_later": "yes"}, "label_later"),
+        ({"x": [1.0, 2.0], "prediction_id": "has space"}, "prediction_id"),
         ({"x": [1.0, "a"]}, "x"),
     ]
     for body, needle in bad:

@@ -4,6 +4,9 @@ A predict with ``label_later`` kept its input and answer in Redis (see
 :mod:`service.store.pending`). A label turns into a learn entry of the model's log,
 checked and marked labelled atomically inside Redis, then applied by the owner like any
 learn: one step per label, in arrival order, scored against the served prediction.
+A stateful rnn's steps made with ``label_later`` wait in the model itself (their windows
+are there): their labels go into the log as they are, and the writer checks them
+(:mod:`service.stream_labels`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ from service.api.routes.learn import IdempotencyKey, outcome_or_raise, replay_he
 from service.api.schemas import ErrorBody, NonFiniteBody, json_body
 from service.errors import ConflictError, InvalidInputError, NotFoundError, json_response
 from service.label_telemetry import label_telemetry
+from service.registry import ModelHandle
+from service.store import log
 from service.store.pending import LabelRefusedError
+from service.writer import LearnJob
 
 router = APIRouter(prefix="/v1/models/{name}", tags=["labels"], dependencies=[WriteAccess])
 
@@ -89,6 +95,10 @@ async def post_labels(
             raise InvalidInputError(f"labels[{i}]: {exc}" if batch else str(exc)) from None
     ids = [item.prediction_id for item in items]
     request_json = orjson.dumps([[item.prediction_id, item.y] for item in items])
+    if handle.model.streams is not None:
+        return await _stream_labels(
+            handle, request, [[i.prediction_id, i.y] for i in items], key, batch, started
+        )
     remote = handle.remote
     try:
         answer = await remote.labels(
@@ -104,6 +114,31 @@ async def post_labels(
     if answer.error is not None:
         raise answer.error
     outcome = outcome_or_raise(answer, batch=batch)
+    handle.model.learn_latency.record(time.perf_counter() - started)
+    if batch:
+        results = [result_json(r) for r in outcome.results]
+        return json_response(200, {"step": outcome.step, "results": results}, replay_headers(answer))
+    return json_response(200, result_json(outcome.results[0]), replay_headers(answer))
+
+
+async def _stream_labels(
+    handle: ModelHandle,
+    request: Request,
+    labels: list[list[Any]],
+    key: str | None,
+    batch: bool,
+    started: float,
+) -> Response:
+    """Labels of a stateful rnn's steps: one log entry, which the writer checks against the
+    steps that wait (:mod:`service.stream_labels`) and learns from their windows."""
+    kind = "stream_labels" if batch else "stream_label"
+    job = LearnJob(kind, labels, [None] * len(labels), orjson.dumps(labels), key, log.new_req())
+    answer = await handle.submit(job)
+    if answer.error is not None:
+        raise answer.error
+    outcome = outcome_or_raise(answer, batch=batch)
+    if outcome.labels is not None:
+        label_telemetry(request.app.state.telemetry).observe_entry(handle.name, outcome.labels)
     handle.model.learn_latency.record(time.perf_counter() - started)
     if batch:
         results = [result_json(r) for r in outcome.results]

@@ -6,6 +6,10 @@ from it and, with ``y``, learns by truncated BPTT over the stream's last ``bptt`
 steps. The streams' states are part of the model's snapshots, so a stream continues
 exactly where it was after a restart or a failover. Resetting a stream goes through
 the log too; reads (a stream's position, the list) are served by any replica.
+
+A step without ``y`` may take ``label_later`` (or a ``prediction_id``): its window is
+kept with the prediction it served until ``POST .../labels`` brings the label, which
+learns from that window (:mod:`service.stream_labels`).
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ from starlette.responses import Response
 from model.learner import InvalidSampleError, OnlineLearner
 from model.spec import NAME_PATTERN
 from service.answers import Answer
-from service.api import bodies
+from service.api import bodies, label_bodies
 from service.api.deps import ModelDep, ReadAccess, SettingsDep, WriteAccess
 from service.api.routes.learn import IdempotencyKey, replay_headers
-from service.api.schemas import ErrorBody, NonFiniteBody, Number, PredictionValue
+from service.api.schemas import PREDICTION_ID_PATTERN, ErrorBody, NonFiniteBody, Number, PredictionValue
 from service.errors import (
     InvalidInputError,
     NonFiniteStepRejected,
@@ -34,6 +38,7 @@ from service.errors import (
     PayloadTooLargeError,
     json_response,
 )
+from service.label_telemetry import label_telemetry
 from service.live import Outcome
 from service.registry import ModelHandle
 from service.store import log
@@ -43,11 +48,15 @@ router = APIRouter(prefix="/v1/models/{name}/streams", tags=["streams"])
 
 _STREAM_RE = re.compile(NAME_PATTERN)
 StreamId = Annotated[str, Path(pattern=NAME_PATTERN, description="the stream: model-name rules")]
-_STEP_FIELDS = ("x", "y", "label_later")
+_STEP_FIELDS = ("x", "y", "label_later", "prediction_id")
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or invalid API key"},
     403: {"model": ErrorBody, "description": "read-only API key"},
     404: {"model": ErrorBody, "description": "no such model (or stream)"},
+    409: {
+        "model": ErrorBody,
+        "description": "a prediction_id used already (or twice in the batch): nothing was applied",
+    },
     413: {"model": ErrorBody, "description": "more steps than a batch may hold; nothing was applied"},
     422: {
         "model": NonFiniteBody,
@@ -64,6 +73,16 @@ class StepRequest(BaseModel):
 
     x: list[Number] = Field(description="one time step: input_shape [F] numbers")
     y: Number | list[Number] | None = Field(None, description="its label: learn by truncated BPTT")
+    label_later: bool = Field(
+        False,
+        description="without y: keep this step's window until its label is posted to "
+        "POST /v1/models/{name}/labels; the answer carries its prediction_id",
+    )
+    prediction_id: str | None = Field(
+        None,
+        pattern=PREDICTION_ID_PATTERN,
+        description="label_later under the client's own id (unique per model)",
+    )
 
 
 class StreamStep(StepRequest):
@@ -83,6 +102,7 @@ class StepResponse(BaseModel):
     probabilities: list[float] | None = Field(None, description="classification only")
     loss: float | None = Field(None, description="with y: the loss of the update")
     step: int = Field(description="the model's optimizer steps after this one")
+    prediction_id: str | None = Field(None, description="label_later: the id to label it by")
 
 
 class StepsResponse(BaseModel):
@@ -139,19 +159,28 @@ def _step(learner: OnlineLearner, value: Any, where: str, stream: str | None) ->
             raise InvalidInputError(f"{where}.stream must match {NAME_PATTERN} (got {stream!r})")
     if "x" not in value:
         raise InvalidInputError(f"{where} is missing 'x'")
-    if value.get("label_later", False) is not False:
-        raise InvalidInputError(
-            f"{where}: label_later is not supported on stream steps (the label would need the "
-            "stream's window as it was); send y with the step"
-        )
     x, y = value["x"], value.get("y")
+    pid = _prediction_id(value, where)
+    if pid is not None and y is not None:
+        raise InvalidInputError(f"{where}: label_later (or a prediction_id) is for a step without y")
     try:
         learner.check_x(x)
         if y is not None:
             learner.check_y(y)
     except InvalidSampleError as exc:
         raise InvalidInputError(f"{where}: {exc}" if where != "body" else str(exc)) from None
-    return [stream, x, y]
+    return [stream, x, y] if pid is None else [stream, x, None, pid]
+
+
+def _prediction_id(value: dict[str, Any], where: str) -> str | None:
+    """The id a step waits for its label under (a client's implies label_later), or None."""
+    later = value.get("label_later", False)
+    if not isinstance(later, bool):
+        raise InvalidInputError(f"{where}.label_later must be true or false (got {later!r})")
+    given = value.get("prediction_id")
+    if given is not None:
+        return label_bodies.prediction_id(given, where)
+    return label_bodies.new_prediction_id() if later else None
 
 
 def _result(r: Any, extra: dict[str, Any]) -> dict[str, Any]:
@@ -161,6 +190,8 @@ def _result(r: Any, extra: dict[str, Any]) -> dict[str, Any]:
     if r.loss is not None:
         out["loss"] = r.loss
     out["step"] = r.step
+    if "prediction_id" in extra:
+        out["prediction_id"] = extra["prediction_id"]
     return out
 
 
@@ -168,11 +199,13 @@ def _results(outcome: Outcome) -> list[dict[str, Any]]:
     return [_result(r, e) for r, e in zip(outcome.results, outcome.extras or [], strict=True)]
 
 
-def _answered(answer: Answer, batch: bool) -> Outcome:
+def _answered(answer: Answer, batch: bool, request: Request, name: str) -> Outcome:
     if answer.error is not None:
         raise answer.error
     outcome = answer.outcome
     assert outcome is not None
+    if outcome.labels is not None:
+        label_telemetry(request.app.state.telemetry).observe_entry(name, outcome.labels)
     if outcome.error is None:
         return outcome
     extra: dict[str, Any] = {"step": outcome.step}
@@ -207,7 +240,7 @@ async def stream_step(
     key = bodies.idempotency_key(idempotency_key)
     step = _step(learner, await bodies.read_json(request), "body", stream)
     answer = await _submit(handle, "stream", [step], key)
-    outcome = _answered(answer, batch=False)
+    outcome = _answered(answer, False, request, handle.name)
     handle.model.learn_latency.record(time.perf_counter() - started)
     return json_response(200, _results(outcome)[0], replay_headers(answer))
 
@@ -242,7 +275,7 @@ async def stream_steps(
         )
     steps = [_step(learner, item, f"steps[{i}]", None) for i, item in enumerate(items)]
     answer = await _submit(handle, "streams", steps, key)
-    outcome = _answered(answer, batch=True)
+    outcome = _answered(answer, True, request, handle.name)
     handle.model.learn_latency.record(time.perf_counter() - started)
     return json_response(200, {"step": outcome.step, "results": _results(outcome)}, replay_headers(answer))
 
