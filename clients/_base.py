@@ -332,13 +332,13 @@ class BaseClient:
         x: Any,
         y: Any,
         label_later: bool,
+        prediction_id: str | None,
         idempotency_key: str | None,
     ) -> Call[StreamResult]:
         body: dict[str, Any] = {"x": _json(x, "x")}
         if y is not None:
             body["y"] = _json(y, "y")
-        if label_later:
-            body["label_later"] = True
+        body.update(_later(label_later, prediction_id))
         return Call(
             "POST",
             self._model_path(name, f"/streams/{quote(stream, safe='')}/step"),

@@ -159,10 +159,13 @@ class AsyncClient(BaseClient):
         y: Any = None,
         *,
         label_later: bool = False,
+        prediction_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> StreamResult:
         """See :meth:`clients.Client.stream_step`."""
-        return await self._request(self._stream_step_call(name, stream, x, y, label_later, idempotency_key))
+        return await self._request(
+            self._stream_step_call(name, stream, x, y, label_later, prediction_id, idempotency_key)
+        )
 
     async def stream_steps(
         self, name: str, steps: Iterable[Mapping[str, Any]], *, batch_size: int | None = None

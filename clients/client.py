@@ -172,16 +172,22 @@ class Client(BaseClient):
         y: Any = None,
         *,
         label_later: bool = False,
+        prediction_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> StreamResult:
         """One time step of ``stream`` (a stateful rnn model): advances its hidden state,
-        predicts, and learns when ``y`` is given."""
-        return self._request(self._stream_step_call(name, stream, x, y, label_later, idempotency_key))
+        predicts, and learns when ``y`` is given. Without ``y``, ``label_later`` (or your
+        own ``prediction_id``) keeps the step's window until :meth:`label` brings its
+        label: the answer's ``prediction_id`` says which."""
+        return self._request(
+            self._stream_step_call(name, stream, x, y, label_later, prediction_id, idempotency_key)
+        )
 
     def stream_steps(
         self, name: str, steps: Iterable[Mapping[str, Any]], *, batch_size: int | None = None
     ) -> list[StreamResult]:
-        """``{"stream", "x", "y"?}`` steps of any streams, in order, in requests of ``batch_size``."""
+        """``{"stream", "x", "y"?, "label_later"?, "prediction_id"?}`` steps of any streams,
+        in order, in requests of ``batch_size``."""
         out: list[StreamResult] = []
         for chunk in iter_chunks(steps, batch_size or self.batch_size):
             out.extend(self._request(self._stream_steps_call(name, [dict(s) for s in chunk])).results)

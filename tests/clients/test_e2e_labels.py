@@ -94,6 +94,17 @@ def test_stream_steps_sync_and_async(live_service: LiveService, client: Client, 
         client.stream_info(model_name, "s-1")
     with pytest.raises(ValidationError, match="x"):
         client.stream_step(model_name, "s-1", [math.nan])
+    # Late labels: the step's window waits in the service until its label comes.
+    waiting = client.stream_step(model_name, "s-2", [0.4], label_later=True)
+    mine = client.stream_step(model_name, "s-2", [0.6], prediction_id="sdk-late-1")
+    batch_later = client.stream_steps(model_name, [{"stream": "s-4", "x": [0.1], "label_later": True}])
+    assert waiting.prediction_id and mine.prediction_id == "sdk-late-1" and batch_later[0].prediction_id
+    learned = client.label(model_name, waiting.prediction_id, 0.25)
+    assert learned.prediction == waiting.prediction and learned.loss is not None
+    both = client.label_many(model_name, [("sdk-late-1", 0.5), (batch_later[0].prediction_id, 0.0)])
+    assert [r.prediction for r in both] == [mine.prediction, batch_later[0].prediction]
+    with pytest.raises(ConflictError):
+        client.label(model_name, "sdk-late-1", 0.5)
 
     async def run() -> None:
         async with AsyncClient(live_service.url, api_key=WRITE_KEY) as aclient:
@@ -101,8 +112,11 @@ def test_stream_steps_sync_and_async(live_service: LiveService, client: Client, 
             assert r.t == 0  # after the reset
             rs = await aclient.stream_steps(model_name, [{"stream": "s-3", "x": [1.0]}])
             assert rs[0].t == 0
-            assert {s.stream for s in await aclient.list_streams(model_name)} == {"s-1", "s-2", "s-3"}
+            late = await aclient.stream_step(model_name, "s-3", [0.2], label_later=True)
+            assert late.prediction_id is not None
+            assert (await aclient.label(model_name, late.prediction_id, 1.0)).prediction == late.prediction
+            assert {s.stream for s in await aclient.list_streams(model_name)} == {"s-1", "s-2", "s-3", "s-4"}
             await aclient.reset_stream(model_name, "s-3")
-            assert (await aclient.stream_info(model_name, "s-2")).t == 2
+            assert (await aclient.stream_info(model_name, "s-2")).t == 4
 
     asyncio.run(run())
