@@ -495,9 +495,13 @@ def label(
     _out().print(f"learned {len(results)} labels; model {escape(name)} is at step {step}")
 
 
-def _stream_rows(file: Path, stream_column: str, label: str | None) -> Iterator[dict[str, Any]]:
+def _stream_rows(
+    file: Path, stream_column: str, label: str | None, id_column: str | None = None
+) -> Iterator[dict[str, Any]]:
     """A CSV of events (header required): the stream column, an optional label column
-    (an empty cell: no label for that step), and the features (every other column)."""
+    (an empty cell: no label for that step), an optional id column (a row with an id and
+    no label waits for its label under that prediction_id), and the features (every
+    other column)."""
     with file.open(newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -507,9 +511,12 @@ def _stream_rows(file: Path, stream_column: str, label: str | None) -> Iterator[
             raise ValueError(f"{file.name} has no column {stream_column!r} (columns: {', '.join(header)})")
         if label is not None and label not in header:
             raise ValueError(f"{file.name} has no label column {label!r}")
+        if id_column is not None and id_column not in header:
+            raise ValueError(f"{file.name} has no id column {id_column!r}")
         s_at = header.index(stream_column)
         y_at = header.index(label) if label is not None else None
-        features = [i for i in range(len(header)) if i not in (s_at, y_at)]
+        id_at = header.index(id_column) if id_column is not None else None
+        features = [i for i in range(len(header)) if i not in (s_at, y_at, id_at)]
         for n, row in enumerate(reader, start=2):
             if not row:
                 continue
@@ -519,6 +526,8 @@ def _stream_rows(file: Path, stream_column: str, label: str | None) -> Iterator[
                 raise ValueError(f"{file.name} line {n}: features must be numbers") from None
             if y_at is not None and row[y_at].strip():
                 step["y"] = _json_value(row[y_at])
+            elif id_at is not None and row[id_at].strip():
+                step["prediction_id"] = row[id_at].strip()
             yield step
 
 
@@ -534,6 +543,10 @@ def stream(
     file: Annotated[Path, typer.Argument(help="CSV of events, one time step per row, in order")],
     stream_column: Annotated[str, typer.Option(help="the column naming each row's stream")] = "stream",
     label: Annotated[str | None, typer.Option(help="the label column (empty cells: no label)")] = None,
+    id_column: Annotated[
+        str | None,
+        typer.Option(help="a column of prediction ids: an unlabelled row with an id waits for `label`"),
+    ] = None,
     batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
 ) -> None:
     """Replay a CSV of events through a stateful model's streams, in file order."""
@@ -541,16 +554,17 @@ def stream(
         if not file.is_file():
             raise ValueError(f"no such file: {file}")
         total = _count_rows(file)
-    steps = labelled = correct = 0
+    steps = labelled = correct = waiting = 0
     loss_sum = 0.0
     started = time.perf_counter()
     with _client(ctx) as client, _bad_input(), _Report(f"stream {name}", total, "steps") as report:
-        rows = _stream_rows(file, stream_column, label)
+        rows = _stream_rows(file, stream_column, label, id_column)
         while chunk := list(itertools.islice(rows, batch_size)):
             for step, result in zip(
                 chunk, client.stream_steps(name, chunk, batch_size=batch_size), strict=True
             ):
                 steps += 1
+                waiting += result.prediction_id is not None
                 if result.loss is not None:
                     labelled += 1
                     loss_sum += result.loss
@@ -559,7 +573,8 @@ def stream(
             summary = _summary(loss_sum / labelled, correct / labelled) if labelled else ""
             report.update(len(chunk), rate, summary)
     elapsed = time.perf_counter() - started
-    text = f"{steps} steps ({labelled} labelled) in {elapsed:.1f} s"
+    text = f"{steps} steps ({labelled} labelled"
+    text += f", {waiting} waiting for labels) in {elapsed:.1f} s" if waiting else f") in {elapsed:.1f} s"
     if labelled:
         text += f", mean loss {loss_sum / labelled:.4f}, prequential accuracy {correct / labelled:.4f}"
     _out().print(text)

@@ -66,3 +66,25 @@ def test_stream_replays_a_csv_of_events(
     }
     code, out, err = run(live_service, "stream", model_name, str(events), "--stream-column", "nope")
     assert code != 0 and "no column 'nope'" in (out + err)
+    # Late labels: unlabelled rows with an id wait for theirs, which `label --file` brings.
+    rows = ["device,event,a,b,label"] + [f"dev-{i % 2},ev-{i},{i * 0.1:.2f},1.0," for i in range(4)]
+    events.write_text("\n".join(rows) + "\n")
+    code, out, err = run(
+        live_service,
+        "stream",
+        model_name,
+        str(events),
+        "--stream-column",
+        "device",
+        "--label",
+        "label",
+        "--id-column",
+        "event",
+    )
+    assert code == 0 and "4 steps (0 labelled, 4 waiting for labels)" in out, out + err
+    labels = tmp_path / "labels.csv"
+    labels.write_text("prediction_id,y\nev-2,1\nev-0,0\n")
+    code, out, err = run(live_service, "label", model_name, "--file", str(labels))
+    assert code == 0 and "learned 2 labels" in out, out + err
+    assert client.get_model(model_name).step == 12
+    assert client.metrics(model_name).model_dump()["pending_labels"] == 2
