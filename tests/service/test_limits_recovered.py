@@ -1,6 +1,6 @@
 """Resource limits that follow a model: a stateful rnn's streams (and its steps that
-wait for late labels) count against the budget at create, and a model recovered under lower limits is refused by name instead
-of being built (registry.check_budget in _build)."""
+wait for late labels) count against the budget at create, and a model recovered under
+lower limits is refused by name instead of being built (registry.check_budget in _build)."""
 
 from __future__ import annotations
 
