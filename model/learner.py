@@ -10,9 +10,9 @@ stateful rnn (``network.stateful``) learns and predicts through
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from model.stream_state import StreamLayout, StreamState
 
 STATE_FORMAT = 1
 PredictionValue = int | float | list[float]
+T = TypeVar("T")
 #: ``fast``: the explicit step of :mod:`model.fast` where it covers the spec and device;
 #: ``eager``: the autograd step, the reference; ``auto``: fast where covered, else eager.
 StepPath = Literal["auto", "fast", "eager"]
@@ -588,9 +589,14 @@ class OnlineLearner:
         xt = self.check_x(x)
         yt = None if y is None else self.check_y(y)
         state = self._check_stream(state, layout)
+        return self._undone_on_failure(lambda: self._stream_step(state, xt, yt, layout))
+
+    def _undone_on_failure(self, step: Callable[[], T]) -> T:
+        """Run a stream ``step``; if it fails (rolled back, a non-finite prediction, or it
+        raised) the normalizer state it advanced is restored and its gradients cleared."""
         health = self._save_norm_state()
         try:
-            return self._stream_step(state, xt, yt, layout)
+            return step()
         except LearnerCorruptedError:
             raise
         except (StepRolledBackError, NonFinitePredictionError):
@@ -642,22 +648,14 @@ class OnlineLearner:
             raise InvalidSampleError("the stream state has no time step to learn from")
         network = self.network
         assert isinstance(network, StatefulRNN)
-        health = self._save_norm_state()
-        try:
+
+        def learn() -> LearnResult:
             controls = network.controls()
             loss_value, grad_value = self._window_gradients(window, yt, controls)
             self._window_update(controls, grad_value, loss_value, served, yt)
-        except LearnerCorruptedError:
-            raise
-        except StepRolledBackError:
-            self._restore_norm_state(health)
-            self._clear_grads()
-            raise
-        except Exception as exc:
-            self._restore_norm_state(health)
-            self._clear_grads()
-            raise _step_failed(exc) from exc
-        return LearnResult(step=self.step, loss=loss_value, prediction=served)
+            return LearnResult(step=self.step, loss=loss_value, prediction=served)
+
+        return self._undone_on_failure(learn)
 
     def _window_gradients(
         self, window: StreamState, y: Tensor, controls: list[Control]
