@@ -93,12 +93,12 @@ async def post_labels(
             learner.check_y(item.y)
         except InvalidSampleError as exc:
             raise InvalidInputError(f"labels[{i}]: {exc}" if batch else str(exc)) from None
-    ids = [item.prediction_id for item in items]
-    request_json = orjson.dumps([[item.prediction_id, item.y] for item in items])
     if handle.model.streams is not None:
         return await _stream_labels(
             handle, request, [[i.prediction_id, i.y] for i in items], key, batch, started
         )
+    ids = [item.prediction_id for item in items]
+    request_json = orjson.dumps([[item.prediction_id, item.y] for item in items])
     remote = handle.remote
     try:
         answer = await remote.labels(
