@@ -56,6 +56,11 @@ _STOP_WAIT_SECONDS = 3.0
 #: A deleted model's keys go before its catalog entry: wait this long before calling
 #: "listed but its keys are gone" a loss rather than a deletion in progress.
 _DELETE_SETTLE_SECONDS = 1.0
+#: Re-persisting a model Redis lost is retried (a Redis that just restarted may still
+#: drop a command) for this long before its waiting requests are answered 503.
+_REPERSIST_SECONDS = 10.0
+_REPERSIST_FIRST_BACKOFF = 0.05
+_REPERSIST_MAX_BACKOFF = 1.0
 
 
 @dataclass
@@ -408,47 +413,91 @@ class Replica:
             return True  # cannot tell now: keeping the state is the safe side
         return False
 
-    async def _repersist(self, handle: ModelHandle, writer: ModelWriter, exit_: WriterExit) -> None:
-        """Write back what this replica holds of a model Redis lost, under a new
-        incarnation, take its lease, answer what was applied, requeue the rest."""
+    async def _write_back(
+        self, handle: ModelHandle, writer: ModelWriter, incarnation: str
+    ) -> tuple[int, Fence]:
+        """One attempt: the model's state under ``incarnation``, its lease, and its
+        idempotency records. Safe to repeat after a failure at any point."""
         model = handle.model
         name = handle.name
+        step, state = await executors.of(model).write(model.state_bytes)
+        snap = snapshots.Snapshot(state, step, log.START_ID, model.created_at, model.updated_at, time.time())
+        existing = await catalog.create_model(
+            self.redis,
+            self.prefix,
+            name,
+            incarnation,
+            model.spec.model_dump_json().encode(),
+            snap,
+            handle.layers,
+        )
+        if existing is not None and existing != incarnation:
+            raise RuntimeError(f"it was created again meanwhile (incarnation {existing})")
+        handle.incarnation = handle.remote.incarnation = incarnation
+        fence = await self._acquire(handle)
+        if fence is None:
+            raise RuntimeError("its new lease was taken")
+        self._taking[name] = fence  # renewed by the renew loop until the writer runs
+        records = writer.records
+        records.mark_all_unpersisted()
+        added, _ = records.changes()
+        if added:
+            write = FencedWrite(fence)
+            write.hset(keys.idempotency_key(self.prefix, name), added)
+            await write.run(self.redis)
+        records.mark_persisted()
+        return step, fence
+
+    async def _repersist(self, handle: ModelHandle, writer: ModelWriter, exit_: WriterExit) -> None:
+        """Write back what this replica holds of a model Redis lost, under a new
+        incarnation, take its lease, answer what was applied, requeue the rest.
+
+        The name stays reserved in ``_taking`` throughout: the placement loop would
+        otherwise see a listed model with no writer and claim it (stealing this
+        replica's own new lease), starting from the snapshot without the idempotency
+        records, so a retry of a request applied before the loss would apply twice."""
+        name = handle.name
+        if name in self._taking:  # a claim is acquiring it: wait for it to settle
+            while name in self._taking:
+                await asyncio.sleep(_REPERSIST_FIRST_BACKOFF)
+        self._taking[name] = Fence(self.prefix, name, "")
         try:
-            step, state = await executors.of(model).write(model.state_bytes)
-            snap = snapshots.Snapshot(
-                state, step, log.START_ID, model.created_at, model.updated_at, time.time()
-            )
-            incarnation = uuid.uuid4().hex
-            existing = await catalog.create_model(
-                self.redis,
-                self.prefix,
-                name,
-                incarnation,
-                model.spec.model_dump_json().encode(),
-                snap,
-                handle.layers,
-            )
-            if existing is not None:
-                raise RuntimeError(f"it was created again meanwhile (incarnation {existing})")
-            handle.incarnation = handle.remote.incarnation = incarnation
-            fence = await self._acquire(handle)
-            if fence is None:
-                raise RuntimeError("its new lease was taken")
-            records = writer.records
-            records.mark_all_unpersisted()
-            added, _ = records.changes()
-            if added:
-                write = FencedWrite(fence)
-                write.hset(keys.idempotency_key(self.prefix, name), added)
-                await write.run(self.redis)
-            records.mark_persisted()
-        except Exception as exc:
-            logger.error("model %s: could not re-persist it after Redis lost it: %s", name, exc)
-            error = UnavailableError(f"Redis lost model {name!r} and it could not be restored: {exc}")
+            await self._repersist_reserved(handle, writer, exit_)
+        finally:
+            self._taking.pop(name, None)
+
+    async def _repersist_reserved(self, handle: ModelHandle, writer: ModelWriter, exit_: WriterExit) -> None:
+        name = handle.name
+        if handle.writer is not None:  # a claim got it meanwhile, from what Redis still had
+            error = UnavailableError(f"Redis lost model {name!r}; it was recovered from Redis: retry")
             for job in (*exit_.unlogged, *exit_.unanswered):
                 if not job.future.done():
                     job.future.set_exception(error)
             return
+        incarnation = uuid.uuid4().hex  # one for every attempt: a create that landed unseen is ours
+        backoff = _REPERSIST_FIRST_BACKOFF
+        deadline = time.monotonic() + _REPERSIST_SECONDS
+        while True:
+            try:
+                step, fence = await self._write_back(handle, writer, incarnation)
+                break
+            except (*UNREACHABLE, RedisError) as exc:
+                if time.monotonic() + backoff > deadline:
+                    failure: Exception = exc
+                else:
+                    logger.warning("model %s: re-persisting it failed, will retry: %s", name, exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _REPERSIST_MAX_BACKOFF)
+                    continue
+            except Exception as exc:  # answered below, whatever it was
+                failure = exc
+            logger.error("model %s: could not re-persist it after Redis lost it: %s", name, failure)
+            error = UnavailableError(f"Redis lost model {name!r} and it could not be restored: {failure}")
+            for job in (*exit_.unlogged, *exit_.unanswered):
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        records = writer.records
         new = self._ctx.writer(
             handle, fence, records, log.START_ID, step, log.START_ID, self._writer_exited(handle)
         )

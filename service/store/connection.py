@@ -37,6 +37,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
 
+try:  # redis-py >= 7: see make_client; older versions always check pooled connections
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    _TCP_OPTIONS: dict[str, object] = {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+except ImportError:  # pragma: no cover - depends on the installed redis-py
+    _TCP_OPTIONS = {}
+
 #: Errors that mean "Redis is not reachable right now" (not "the command was wrong").
 UNREACHABLE = (
     RedisConnectionError,
@@ -68,12 +75,17 @@ def _options(timeout: float) -> dict[str, object]:
 
 
 def make_client(url: str | None, socket_path: str | None, timeout: float) -> Redis:
-    """An asyncio client for ``url`` or a unix socket, with no automatic retries."""
+    """An asyncio client for ``url`` or a unix socket, with no automatic retries.
+
+    Maintenance notifications are off: redis-py 8 turns them on ("auto") for TCP, and
+    while they are on its pool skips the check that a pooled connection is still open.
+    After a Redis restart the first command on each old connection then failed
+    ("Connection closed by server"), with no retry to hide it."""
     if socket_path is not None:
         return Redis(unix_socket_path=socket_path, **_options(timeout))  # type: ignore[arg-type]
     if url is None:
         raise ValueError("need a Redis URL or a unix socket path")
-    return Redis.from_url(url, **_options(timeout))
+    return Redis.from_url(url, **_TCP_OPTIONS, **_options(timeout))
 
 
 async def is_cluster(client: Redis) -> bool:

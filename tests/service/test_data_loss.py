@@ -18,7 +18,7 @@ import redis
 from tests.service.conftest import PROBES, create, delete_prefix, samples, spec
 from tests.service.reference import probe_predictions
 from tests.service.replicas import reference
-from tests.service.servers import ProcessServer, RedisProcess
+from tests.service.servers import ProcessServer, RedisProcess, ThreadServer
 from tests.service.test_ordering import _service_env
 
 
@@ -105,3 +105,49 @@ def test_redis_restarted_without_persistence_loses_no_acknowledged_learn(prefix:
     finally:
         srv.stop()
         own.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_claim_racing_the_repersist_takes_nothing(
+    make_settings: Any, rds: redis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The placement loop sees a model listed (its catalog entry just written back) with
+    no writer yet: it must not claim it while the re-persist runs. Such a claim stole
+    the re-persist's lease and started from the snapshot without the idempotency
+    records, so the retry of a learn acknowledged before the loss was applied again."""
+    from service.store import catalog
+
+    create_model = catalog.create_model
+    raced: list[bool] = []
+
+    async def create_then_race(*args: Any, **kwargs: Any) -> str | None:
+        existing = await create_model(*args, **kwargs)
+        if armed and not raced:  # the placement loop's turn, exactly in the window
+            raced.append(True)
+            handle = next(h for h in srv.registry.handles() if h.name == args[2])
+            await srv.app.state.replica._claim(handle)
+        return existing
+
+    monkeypatch.setattr(catalog, "create_model", create_then_race)
+    armed = False
+    with ThreadServer(make_settings()) as srv, srv.client() as c:
+        create(c, spec())
+        before = samples(5)
+        keys_used = [uuid.uuid4().hex for _ in before]
+        for i, (s, key) in enumerate(zip(before, keys_used, strict=True), start=1):
+            assert c.post("/v1/models/m/learn", json=s, headers={"Idempotency-Key": key}).json()["step"] == i
+        armed = True
+        delete_prefix(rds, prefix)
+        after = samples(5, seed=2)
+        acked = [(s, _learn_acked(c, s)) for s in after[:1]]
+        assert raced, "the re-persist did not run"
+        assert acked[0][1]["step"] == 6
+        retry = c.post("/v1/models/m/learn", json=before[-1], headers={"Idempotency-Key": keys_used[-1]})
+        assert retry.status_code == 200 and retry.headers.get("idempotent-replayed") == "true", retry.text
+        assert retry.json()["step"] == 5  # the original answer, not a second step
+        for s in after[1:]:
+            acked.append((s, _learn_acked(c, s)))
+        assert [a["step"] for _, a in acked] == list(range(6, 11))
+        assert "m" in c.get("/readyz").json()["data_loss"]["repersisted_models"]
+        got = c.post("/v1/models/m/predict/batch", json={"samples": [{"x": x} for x in PROBES]}).json()
+    assert got == probe_predictions(reference(spec(), before + after), PROBES)
