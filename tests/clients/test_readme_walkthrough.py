@@ -34,5 +34,23 @@ def test_the_readme_shows_what_the_walkthrough_prints(
     printed = {line.rstrip() for line in capsys.readouterr().out.splitlines()}
     shown = _readme_output()
     assert len(shown) >= 5
-    stale = [line for line in shown if line not in printed]
-    assert not stale, f"README lines the walkthrough did not print (update them from its output): {stale}"
+    stale = [line for line in shown if not any(_same_line(line, p) for p in printed)]
+    assert not stale, (
+        f"README lines the walkthrough did not print (update them from its output): {stale}\n"
+        f"it printed: {sorted(printed)}"
+    )
+
+
+#: How far an accuracy may move with the CPU: float32 kernels round differently on
+#: different processors (AMD EPYC and Intel Xeon here), which flips a prediction or two
+#: of 1797 (0.00056 each) over a stream. A stale figure is off by more.
+_CPU_TOLERANCE = 0.003
+_NUMBER = re.compile(r"-?\d+\.\d+")
+
+
+def _same_line(shown: str, printed: str) -> bool:
+    """The same words, the same integers, and accuracies within :data:`_CPU_TOLERANCE`."""
+    if _NUMBER.sub("#", shown) != _NUMBER.sub("#", printed):
+        return False
+    pairs = zip(_NUMBER.findall(shown), _NUMBER.findall(printed), strict=True)
+    return all(abs(float(a) - float(b)) <= _CPU_TOLERANCE for a, b in pairs)

@@ -306,7 +306,8 @@ def test_health_records_match_the_eager_path(key: str) -> None:
     fast.predict_many([x * 100 for x, _ in _stream(spec, 3, seed=9)])  # predictions leave them
     got, want = [s[field] for s in fast.norm_stats()], [s[field] for s in eager.norm_stats()]
     assert got[0] is None and want[0] is None  # the input standardizer has no compensation
-    assert got[1:] == pytest.approx(want[1:], rel=1e-5)
+    # 20 Adam steps of two float32 paths apart: 1.0e-5 relative on AMD EPYC, less on Xeon.
+    assert got[1:] == pytest.approx(want[1:], rel=1e-4)
     restored = OnlineLearner.from_state_bytes(fast.state_bytes())
     assert [s[field] for s in restored.norm_stats()][1:] == [None] * (len(got) - 1)
 
