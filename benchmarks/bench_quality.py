@@ -326,6 +326,14 @@ SWEEP: dict[str, dict[str, Any]] = {
     "alpha_fwd=0.99 lr=0.01": {"norm": {"alpha_fwd": 0.99}, "optimizer": {"lr": 0.01}},
     "skip_lr_scale=1": {"optimizer": {"skip_lr_scale": 1.0}},
     "ls_group_size=16": {"norm": {"ls_group_size": 16}},
+    # The first samples reach the hidden layers standardized by the prior (0, 1), or by
+    # one sample's variance: thousands of standard deviations wide on unscaled features.
+    "input_clamp=5": {"network": {"input_clamp": 5.0}},
+    "input_clamp=5 ecm=ac": {"network": {"input_clamp": 5.0}, "norm": {"ecm": "ac"}},
+    "input_clamp=5 ecm=ac alpha_fwd=0.995": {
+        "network": {"input_clamp": 5.0},
+        "norm": {"ecm": "ac", "alpha_fwd": 0.995},
+    },
 }
 
 

@@ -42,11 +42,46 @@ def make_norm(norm: NormSpec, num_features: int, spatial: bool) -> nn.Module:
 
 
 def make_input_norm(spec: ModelSpec, num_features: int, spatial: bool) -> nn.Module:
-    """A streaming standardizer of raw inputs: ON without affine or ECM, warmed up."""
+    """A streaming standardizer of raw inputs: ON without affine or ECM, warmed up, its
+    output clamped to ``network.input_clamp`` if set."""
     if spec.network.input_norm == "none":
         return nn.Identity()
-    cls = OnlineNorm2d if spatial else OnlineNorm1d
-    return cls(num_features, alpha_fwd=spec.norm.alpha_fwd, affine=False, ecm=None, warmup=True)
+    clamp = spec.network.input_clamp
+    if clamp is None:
+        cls = OnlineNorm2d if spatial else OnlineNorm1d
+        return cls(num_features, alpha_fwd=spec.norm.alpha_fwd, affine=False, ecm=None, warmup=True)
+    clamped = ClampedOnlineNorm2d if spatial else ClampedOnlineNorm1d
+    return clamped(
+        num_features, alpha_fwd=spec.norm.alpha_fwd, affine=False, ecm=None, warmup=True, clamp=clamp
+    )
+
+
+class _ClampedOutput:
+    """Clamps an input standardizer's output to ``±input_clamp``. A subclass of the ON
+    layer, not a wrapper, so its state keys stay those of the plain standardizer."""
+
+    input_clamp: float
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = super().forward(x)  # type: ignore[misc]
+        return out.clamp(-self.input_clamp, self.input_clamp)
+
+
+class ClampedOnlineNorm1d(_ClampedOutput, OnlineNorm1d):
+    def __init__(self, *args: object, clamp: float, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.input_clamp = clamp
+
+
+class ClampedOnlineNorm2d(_ClampedOutput, OnlineNorm2d):
+    def __init__(self, *args: object, clamp: float, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.input_clamp = clamp
+
+
+def input_clamp(module: nn.Module) -> float | None:
+    """The clamp of an input standardizer built by :func:`make_input_norm`, or None."""
+    return getattr(module, "input_clamp", None)
 
 
 class MLP(nn.Module):

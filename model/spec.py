@@ -78,6 +78,14 @@ class NetworkSpec(_Strict):
         description="standardize raw inputs with a (warmed-up) Online Normalization, so feature "
         "scales do not matter; applies whatever norm.kind is",
     )
+    input_clamp: float | None = Field(
+        None,
+        gt=0.0,
+        le=MAX_CLAMP,
+        description="input_norm online: clamp the standardized inputs to +-input_clamp, so the "
+        "first samples (seen before the standardizer's estimates settle) cannot reach the "
+        "network thousands of standard deviations wide; null: no clamp",
+    )
 
     @model_validator(mode="before")
     @classmethod

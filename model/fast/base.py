@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,3 +105,35 @@ def numpy_loss(out: Array, y: int | Array, classify: bool) -> tuple[float, Array
         return loss, g
     diff = out - y
     return float((diff * diff).mean()), diff * out.dtype.type(2.0 / out.shape[0])
+
+
+class ClampedInput:
+    """A fast path's input standardizer whose outputs are clamped to ``±clamp``
+    (``network.input_clamp``, :class:`model.networks.ClampedOnlineNorm1d` on the eager
+    path); everything else is the standardizer's own."""
+
+    def __init__(self, norm: Any, clamp: float) -> None:
+        self.inner = norm  # not ``norm``: the rnn's standardizer has a ``norm`` of its own
+        self.clamp = clamp
+
+    def _clip(self, h: Any) -> Any:
+        if isinstance(h, Tensor):
+            return h.clamp(-self.clamp, self.clamp)
+        c = h.dtype.type(self.clamp)
+        return np.clip(h, -c, c)
+
+    def forward(self, x: Any, *args: Any) -> tuple[Any, Any]:
+        out, cache = self.inner.forward(x, *args)
+        return self._clip(out), cache
+
+    def eval(self, x: Any) -> Any:
+        return self._clip(self.inner.eval(x))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def clamped_input(norm: Any, module: nn.Module) -> Any:
+    """``norm`` (a fast input standardizer, or None), clamped if ``module`` clamps."""
+    clamp = getattr(module, "input_clamp", None)
+    return norm if norm is None or clamp is None else ClampedInput(norm, float(clamp))

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as tf
 
 from model import functional as F
-from model.fast.base import Pending, StepBase
+from model.fast.base import Pending, StepBase, clamped_input
 from model.layers import ActivationClamp, LayerScaling, OnlineNorm
 
 
@@ -104,7 +104,7 @@ class CNNStep(StepBase):
 
     def _bind(self, network: nn.Module) -> None:
         inorm = network.input_norm
-        self.input_norm = _Norm2d(inorm) if isinstance(inorm, OnlineNorm) else None
+        self.input_norm = clamped_input(_Norm2d(inorm) if isinstance(inorm, OnlineNorm) else None, inorm)
         self.blocks = [self._block(b) for b in network.blocks]
         self.head = network.head
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from model import functional as F
-from model.fast.base import Array, Grads, Pending, StepBase, numpy_loss
+from model.fast.base import Array, Grads, Pending, StepBase, clamped_input, numpy_loss
 from model.layers import ActivationClamp, LayerScaling, OnlineNorm
 
 #: what a block's training forward leaves for backward: (input, norm cache, comp cache, output)
@@ -244,7 +244,7 @@ class MLPStep(StepBase):
 
     def _bind(self, network: nn.Module) -> None:
         inorm = network.input_norm
-        self.input_norm = _Norm(inorm, None) if isinstance(inorm, OnlineNorm) else None
+        self.input_norm = clamped_input(_Norm(inorm, None) if isinstance(inorm, OnlineNorm) else None, inorm)
         self.blocks = [self._block(b, self.grads) for b in network.blocks]
         head, skip = network.head, network.skip
         self.head_w, self.head_b = _view(head.weight), _view(head.bias)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from model.fast.base import Array, Grads, Pending, StepBase, numpy_loss
+from model.fast.base import Array, Grads, Pending, StepBase, clamped_input, numpy_loss
 from model.fast.mlp import _lerp, _Norm, _outer, _rsqrt, _view
 from model.layers import OnlineNorm
 
@@ -70,7 +70,8 @@ class RNNStep(StepBase):
 
     def _bind(self, network: nn.Module) -> None:
         inorm = network.input_norm
-        self.input_norm = _InputNorm(_Norm(inorm, None)) if isinstance(inorm, OnlineNorm) else None
+        standardizer = _InputNorm(_Norm(inorm, None)) if isinstance(inorm, OnlineNorm) else None
+        self.input_norm = clamped_input(standardizer, inorm)
         self.layers = [self._layer(m, self.grads) for m in network.layers]
         self.head_w, self.head_b = _view(network.head.weight), _view(network.head.bias)
         self.g_head_w = self.grads.array(network.head.weight)

@@ -59,13 +59,28 @@ SPECS: dict[str, dict[str, Any]] = {
         "norm": {"kind": "none"},
         "network": {"input_norm": "none"},
     },
+    # network.input_clamp: the standardized inputs clamped (1.5 engages on this stream);
+    # SGD, so one step's weights are held to 1e-6 (the clamp does not touch the update)
+    "clamp": {**BASE, "network": {"input_clamp": 1.5}, "optimizer": {"kind": "sgd"}},
+    "cnn-clamp": {
+        **BASE,
+        "input_shape": [2, 5, 5],
+        "network": {"channels": [4], "input_clamp": 1.5},
+        "optimizer": {"kind": "sgd"},
+    },
+    "rnn-clamp": {
+        **BASE,
+        "input_shape": [5, 3],
+        "network": {"hidden": [6], "input_clamp": 1.5},
+        "optimizer": {"kind": "sgd"},
+    },
     "adam-wd": {
         **BASE,
         "optimizer": {"weight_decay": 1e-2, "clip_grad_norm": 0.05},
         "network": {"hidden": [32]},
     },
 }
-SGD_KEYS = {"sgd-ac", "sgd-plain", "rnn-none", "cnn-ac-sgd"}
+SGD_KEYS = {"sgd-ac", "sgd-plain", "rnn-none", "cnn-ac-sgd", "clamp", "cnn-clamp", "rnn-clamp"}
 
 
 def _stream(spec: dict[str, Any], n: int, seed: int = 3, noise: float = 0.5) -> list[tuple[np.ndarray, Any]]:
