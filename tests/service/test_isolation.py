@@ -92,7 +92,11 @@ def test_a_slow_busy_model_does_not_stall_another(server: ThreadServer, client: 
     try:
         time.sleep(max(1.0, 2 * slow_step))  # the slow model's learns and predictions are queued
         busy = _small_latencies(client)
-        steps_before = client.get("/v1/models/slow").json()["step"]
+        # Its learns were in flight meanwhile: one of them completes (on a loaded machine
+        # later than two idle steps: a fixed wait here once failed a run).
+        steps_before = wait_for(
+            lambda: (step := client.get("/v1/models/slow").json()["step"]) > 1 and step, 120, "a slow step"
+        )
     finally:
         stop.set()
         for t in busy_threads:
