@@ -60,7 +60,9 @@ class _ClampedOutput:
     """Clamps an input standardizer's output to ``±input_clamp``. A subclass of the ON
     layer, not a wrapper, so its state keys stay those of the plain standardizer."""
 
-    input_clamp: float
+    def __init__(self, *args: object, clamp: float, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.input_clamp = clamp
 
     def forward(self, x: Tensor) -> Tensor:
         out = super().forward(x)  # type: ignore[misc]
@@ -68,15 +70,11 @@ class _ClampedOutput:
 
 
 class ClampedOnlineNorm1d(_ClampedOutput, OnlineNorm1d):
-    def __init__(self, *args: object, clamp: float, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.input_clamp = clamp
+    """:class:`OnlineNorm1d` with its output clamped (``network.input_clamp``)."""
 
 
 class ClampedOnlineNorm2d(_ClampedOutput, OnlineNorm2d):
-    def __init__(self, *args: object, clamp: float, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.input_clamp = clamp
+    """:class:`OnlineNorm2d` with its output clamped (``network.input_clamp``)."""
 
 
 def input_clamp(module: nn.Module) -> float | None:

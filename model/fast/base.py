@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from model.fast.optim import FusedUpdate
+from model.networks import input_clamp
 
 Array = np.ndarray
 
@@ -135,5 +136,5 @@ class ClampedInput:
 
 def clamped_input(norm: Any, module: nn.Module) -> Any:
     """``norm`` (a fast input standardizer, or None), clamped if ``module`` clamps."""
-    clamp = getattr(module, "input_clamp", None)
+    clamp = input_clamp(module)
     return norm if norm is None or clamp is None else ClampedInput(norm, float(clamp))

@@ -457,9 +457,8 @@ class Replica:
         replica's own new lease), starting from the snapshot without the idempotency
         records, so a retry of a request applied before the loss would apply twice."""
         name = handle.name
-        if name in self._taking:  # a claim is acquiring it: wait for it to settle
-            while name in self._taking:
-                await asyncio.sleep(_REPERSIST_FIRST_BACKOFF)
+        while name in self._taking:  # a claim is acquiring it: wait for it to settle
+            await asyncio.sleep(_REPERSIST_FIRST_BACKOFF)
         self._taking[name] = Fence(self.prefix, name, "")
         try:
             await self._repersist_reserved(handle, writer, exit_)
@@ -474,7 +473,7 @@ class Replica:
                 if not job.future.done():
                     job.future.set_exception(error)
             return
-        incarnation = uuid.uuid4().hex  # one for every attempt: a create that landed unseen is ours
+        incarnation = uuid.uuid4().hex  # the same for every attempt: a create that landed unseen is ours
         backoff = _REPERSIST_FIRST_BACKOFF
         deadline = time.monotonic() + _REPERSIST_SECONDS
         while True:
