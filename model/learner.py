@@ -154,6 +154,9 @@ def _set_health_record(module: LayerScaling | ActivationClamp, record: Tensor | 
         module.last_input = record
 
 
+_NOT_FINITE_X = "x contains NaN or infinite values (or numbers too large for float32)"
+
+
 def _numeric(value: Any, expected: str) -> np.ndarray:
     """``value`` as a float32 array, refusing strings, booleans and nulls by name
     (numpy alone would read ``"1"`` as 1.0 and ``True`` as 1.0)."""
@@ -266,6 +269,11 @@ class OnlineLearner:
     def check_x(self, x: Any) -> Tensor:
         """``x`` as a float32 tensor of ``input_shape``; accepts nested or flat lists,
         numpy arrays and tensors. Raises :class:`InvalidSampleError` naming the problem."""
+        if type(x) is np.ndarray and x.dtype == np.float32 and x.shape == self._input_shape:
+            # what the service's validated bodies hold: only the finiteness is left to check
+            if not np.isfinite(x).all():
+                raise InvalidSampleError(_NOT_FINITE_X)
+            return torch.from_numpy(x)
         if isinstance(x, Tensor):
             if x.dtype == torch.bool or x.is_complex():
                 raise InvalidSampleError(f"x must be real numbers (got a {x.dtype} tensor)")
@@ -283,7 +291,7 @@ class OnlineLearner:
                 )
             t = t.reshape(self._input_shape)
         if not finite:
-            raise InvalidSampleError("x contains NaN or infinite values (or numbers too large for float32)")
+            raise InvalidSampleError(_NOT_FINITE_X)
         return t
 
     def check_y(self, y: Any) -> Tensor:
@@ -302,6 +310,8 @@ class OnlineLearner:
 
     def _check_label(self, y: Any) -> Tensor:
         k = self.spec.output_size
+        if type(y) is int and 0 <= y < len(self._labels):  # the common case, made once
+            return self._labels[y]
         if isinstance(y, bool) or not isinstance(y, int | float | np.integer | np.floating):
             if isinstance(y, Tensor) and y.numel() == 1 and not y.is_floating_point():
                 y = int(y.item())

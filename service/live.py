@@ -183,13 +183,14 @@ class LiveModel:
         metrics score it and the answer repeats it.
         ``LearnerCorruptedError`` (the update itself failed) propagates: rebuild the model."""
         with self.lock:
-            before = dataclasses.replace(self.learner.metrics)
+            # the metrics before, which a rescore restores (copied only for one)
+            before = dataclasses.replace(self.learner.metrics) if served is not None else None
             try:
                 results = self.learner.learn_many(xs, ys)
                 error, index = None, None
             except StepRolledBackError as exc:
                 results, error, index = exc.results, str(exc), exc.index
-            if served is not None:
+            if served is not None and before is not None:
                 results = self._rescore(before, results, served, ys)
             outcome = Outcome(kind, self.learner.step, results, error, index)
         if outcome.results:

@@ -243,6 +243,27 @@ def test_bad_inputs_name_the_problem(x: Any, message: str) -> None:
         OnlineLearner(DIGITS_LIKE).check_x(x)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_float32_arrays_of_the_input_shape_are_still_checked_for_finiteness(bad: float) -> None:
+    """Such arrays take check_x's shortcut (the service's validated bodies): it keeps the
+    finiteness check, and gives the same tensor as the general path."""
+    learner = OnlineLearner(DIGITS_LIKE)
+    x = np.linspace(-1, 1, 12, dtype=np.float32)
+    assert torch.equal(learner.check_x(x), learner.check_x(x.tolist()))
+    x[5] = bad
+    with pytest.raises(InvalidSampleError, match="NaN or infinite"):
+        learner.check_x(x)
+
+
+def test_labels_take_the_same_checks_as_ints_bools_and_floats() -> None:
+    learner = OnlineLearner(DIGITS_LIKE)
+    assert torch.equal(learner.check_y(2), torch.tensor(2))
+    assert torch.equal(learner.check_y(np.int64(2)), torch.tensor(2))
+    for bad in (True, 3, -1, 1.5):
+        with pytest.raises(InvalidSampleError):
+            learner.check_y(bad)
+
+
 @pytest.mark.parametrize(
     ("y", "message"),
     [
