@@ -93,7 +93,8 @@ def _spec(run: Run) -> dict[str, Any]:
     if run.kind == "rnn":
         spec["network"] = {"stateful": True, "hidden": list(run.hidden), "bptt": run.bptt}
     else:
-        spec["network"] = {"hidden": list(run.hidden)}
+        # raw targets, as the stateful rnn's (which has no target_norm): the same task for both
+        spec["network"] = {"hidden": list(run.hidden), "target_norm": "none"}
     return spec
 
 

@@ -34,6 +34,7 @@ from model.state_io import (
 )
 from model.stream import Control, StatefulRNN
 from model.stream_state import StreamLayout, StreamState
+from model.target_scale import TargetScaler
 
 STATE_FORMAT = 1
 PredictionValue = int | float | list[float]
@@ -257,6 +258,10 @@ class OnlineLearner:
         # training-mode output is not the eval-mode prediction; elsewhere it is, exactly.
         self._train_output_is_prediction = self.spec.network_kind != "rnn"
         self._classify = self.spec.task == "classification"
+        #: ``network.target_norm: running``: the targets' running mean and deviation
+        self.target_scaler = (
+            TargetScaler(self.spec.output_size) if self.spec.network.target_norm == "running" else None
+        )
         self._input_shape = tuple(self.spec.input_shape)
         self._input_size = self.spec.input_size
         self._training: bool | None = None
@@ -344,7 +349,10 @@ class OnlineLearner:
         """Network outputs as predictions: classes with probabilities, or values.
 
         Raises :class:`NonFinitePredictionError` rather than answer NaN or infinity."""
-        out = out.detach().float().cpu()
+        out = out.detach().cpu()
+        if self.target_scaler is not None:  # in the outputs' dtype, then rounded as they are
+            out = torch.from_numpy(self.target_scaler.unscale(out.numpy()))
+        out = out.float()
         finite = np.isfinite(out.numpy()).all(axis=1)
         if not finite.all():
             bad = int(np.flatnonzero(~finite)[0])
@@ -437,9 +445,10 @@ class OnlineLearner:
         return nn.functional.mse_loss(out, target)
 
     def _step(self, x: Tensor, y: Tensor) -> LearnResult:
+        trained = y if self.target_scaler is None else self.target_scaler.scale(y)
         if self._fast is not None:
-            return self._fast_step(x, y)
-        xb, yb = x[None].to(self.device), y[None].to(self.device)
+            return self._fast_step(x, trained, y)
+        xb, yb = x[None].to(self.device), trained[None].to(self.device)
         health = self._save_norm_state()
         try:
             return self._try_step(xb, yb, y, health)
@@ -480,9 +489,16 @@ class OnlineLearner:
             self._restore_norm_state(health)
             self._clear_grads()
             raise
+        self._advance(loss_value, score, y)
+        return LearnResult(step=self.step, loss=loss_value, prediction=prediction)
+
+    def _advance(self, loss_value: float, score: float, y: Tensor) -> None:
+        """What an applied step moves besides the network: the count, the metrics, the
+        target statistics (which the next step's target is scaled by)."""
         self.step += 1
         self.metrics.update(loss_value, score)
-        return LearnResult(step=self.step, loss=loss_value, prediction=prediction)
+        if self.target_scaler is not None:
+            self.target_scaler.update(y)
 
     def _clip_grads(self) -> Tensor:
         """The gradients' total 2-norm, after clipping them to ``clip_grad_norm``:
@@ -508,10 +524,11 @@ class OnlineLearner:
             self._guard.restore()
             raise _non_finite_weights()
 
-    def _fast_step(self, x: Tensor, y: Tensor) -> LearnResult:
-        """The step of :mod:`model.fast`: computed without writing, checked, applied."""
+    def _fast_step(self, x: Tensor, trained: Tensor, y: Tensor) -> LearnResult:
+        """The step of :mod:`model.fast`: computed without writing, checked, applied.
+        ``trained`` is the target the step fits (``y`` itself, or scaled)."""
         assert self._fast is not None
-        target: int | np.ndarray = int(y) if self._classify else y.numpy()
+        target: int | np.ndarray = int(y) if self._classify else trained.numpy()
         try:
             pending = self._fast.compute(x.numpy(), target)
         except Exception as exc:  # nothing was written yet
@@ -525,8 +542,10 @@ class OnlineLearner:
             prediction = int(out.argmax())
             score = float(prediction == target)
         else:
+            if self.target_scaler is not None:
+                out = self.target_scaler.unscale(out[None])[0]
             prediction = float(out[0]) if out.shape[0] == 1 else out.tolist()
-            score = float(np.abs(out - target).mean())
+            score = float(np.abs(out - y.numpy()).mean())
         # the ON state is copied aside only when the update might not stay finite
         health = self._save_fast_norm_state() if self._guard.prepare(grad_value) else []
         try:
@@ -537,8 +556,7 @@ class OnlineLearner:
             self._guard.restore()
             self._restore_norm_state(health)
             raise _non_finite_weights()
-        self.step += 1
-        self.metrics.update(loss_value, score)
+        self._advance(loss_value, score, y)
         return LearnResult(step=self.step, loss=loss_value, prediction=prediction)
 
     # -------------------------------------------------------------------- streams
@@ -779,13 +797,16 @@ class OnlineLearner:
             "metrics": self.metrics.to_json(),
             "optimizer": opt_meta,
         }
+        if self.target_scaler is not None:
+            target_tensors, meta["target_count"] = self.target_scaler.to_parts()
+            tensors |= prefixed(target_tensors, "target.")
         return dump_state(tensors, meta)
 
     @classmethod
     def from_state_bytes(cls, data: bytes, device: str | torch.device = "cpu") -> OnlineLearner:
         """Rebuild a learner that continues exactly like the one that was saved."""
         tensors, meta = _load_checked(data)
-        learner = cls(meta["spec"], device=device)
+        learner = cls(ModelSpec.from_stored(meta["spec"]), device=device)
         learner._load_parts(tensors, meta)
         return learner
 
@@ -794,16 +815,21 @@ class OnlineLearner:
         afterwards it continues exactly as :meth:`from_state_bytes` of ``data`` would,
         without building a new network and optimizer."""
         tensors, meta = _load_checked(data)
-        spec = ModelSpec.model_validate(meta["spec"])
+        spec = ModelSpec.from_stored(meta["spec"])
         if spec != self.spec:
             raise ValueError(f"the state is of another spec ({spec.name!r}), not this learner's")
         self._load_parts(tensors, meta)
 
     def _load_parts(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        target = None
+        if self.target_scaler is not None:  # checked before anything is loaded
+            target = TargetScaler.from_parts(self.spec.output_size, unprefixed(tensors, "target."), meta)
         self.network.load_state_dict(unprefixed(tensors, "net."), strict=True)
         self.optimizer.load_state_dict(optimizer_from_parts(unprefixed(tensors, "opt."), meta["optimizer"]))
         self.step = int(meta["step"])
         self.metrics = PrequentialMetrics.from_json(meta["metrics"])
+        if target is not None:
+            self.target_scaler = target
         self._guard.reset()  # new weights: the update bounds start again from a measure
         for module in self._health:  # diagnostics of the last forward: a fresh learner has none
             _set_health_record(module, None)

@@ -7,9 +7,11 @@ first samples of raw, unscaled features.
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -33,6 +35,14 @@ MAX_CLAMP = 1e3
 MAX_WEIGHT_DECAY = 1.0
 MAX_CLIP = 1e6
 _WIDTHS_SCHEMA = {"maxItems": MAX_LAYERS, "items": {"type": "integer", "minimum": 1, "maximum": MAX_WIDTH}}
+
+
+#: Fields added after specs were first stored whose default does not behave as their
+#: absence did, with the value a stored spec without them means (``ModelSpec.from_stored``).
+STORED_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("network", "input_clamp"): None,
+    ("network", "target_norm"): "none",
+}
 
 
 class _Strict(BaseModel):
@@ -85,6 +95,13 @@ class NetworkSpec(_Strict):
         description="input_norm online: clamp the standardized inputs to +-input_clamp, so the "
         "first samples (seen before the standardizer's estimates settle) cannot reach the "
         "network thousands of standard deviations wide; null: no clamp",
+    )
+    target_norm: Literal["running", "none"] | None = Field(
+        None,
+        description="regression: train on the targets standardized by their running mean and "
+        "deviation (of the targets before each one) and predict back in their units, so target "
+        "scales do not matter; 'none': raw targets. Default: 'running' for regression (not for a "
+        "stateful rnn), 'none' otherwise",
     )
 
     @model_validator(mode="before")
@@ -213,6 +230,7 @@ class ModelSpec(_Strict):
         kind = self.network_kind
         if self.network.kind is None:  # resolved once, so every reader of the spec sees it
             object.__setattr__(self, "network", self.network.model_copy(update={"kind": kind}))
+        self._resolve_target_norm()
         if self.network.stateful and kind != "rnn":
             raise ValueError(f"network.stateful is for rnn (got network.kind {kind!r})")
         rank = {"mlp": None, "rnn": 1 if self.network.stateful else 2, "cnn": 3}[kind]
@@ -228,6 +246,33 @@ class ModelSpec(_Strict):
             if bad:
                 raise ValueError(f"norm.ls_group_size {group} must divide every hidden width (not {bad})")
         return self
+
+    def _resolve_target_norm(self) -> None:
+        regression, stateful = self.task == "regression", self.network.stateful
+        target_norm = self.network.target_norm
+        if target_norm is None:  # resolved once, as network.kind: stored specs keep what they meant
+            target_norm = "running" if regression and not stateful else "none"
+            object.__setattr__(self, "network", self.network.model_copy(update={"target_norm": target_norm}))
+        elif target_norm == "running" and not regression:
+            raise ValueError("network.target_norm 'running' is for regression (classes are not scaled)")
+        elif target_norm == "running" and stateful:
+            raise ValueError("network.target_norm 'running' is not supported by a stateful rnn")
+
+    @classmethod
+    def from_stored(cls, data: str | bytes | Mapping[str, Any]) -> ModelSpec:
+        """A spec as it was stored (a full dump, JSON or parsed): a field the dump lacks
+        was added after it was stored, and takes the value that reproduces how the model
+        behaved then (:data:`STORED_DEFAULTS`), not today's default, so a stored model
+        replays as it ran."""
+        raw = json.loads(data) if isinstance(data, str | bytes) else data
+        if not isinstance(raw, Mapping):
+            raise ValueError("a stored spec must be a JSON object")
+        filled = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+        for (section, name), value in STORED_DEFAULTS.items():
+            part = filled.setdefault(section, {})
+            if isinstance(part, dict):
+                part.setdefault(name, value)
+        return cls.model_validate(filled)
 
     @property
     def network_kind(self) -> Literal["mlp", "cnn", "rnn"]:

@@ -172,7 +172,7 @@ class Registry:
         created_at = float(meta.get("created_at") or time.time())
         layers = [str(x) for x in orjson.loads(meta.get("layers") or "[]")]
         try:
-            spec = ModelSpec.model_validate_json(spec_json)
+            spec = ModelSpec.from_stored(spec_json)
         except ValueError as exc:
             logger.error("model %s cannot be served: its spec is invalid here: %s", name, exc)
             return self._broken(name, incarnation, layers, created_at, f"its spec is invalid: {exc}")

@@ -61,7 +61,7 @@ async def _migrate_model(redis: Redis, prefix: str, name: str) -> None:
     if spec_json is None:
         logger.warning("legacy model %s has no spec: dropped from the old listing", name)
         return
-    layers = OnlineLearner(ModelSpec.model_validate_json(spec_json)).layer_names()
+    layers = OnlineLearner(ModelSpec.from_stored(spec_json)).layer_names()
     old = keys.legacy_model_keys(prefix, name, layers)
     if await catalog.listed_incarnation(redis, prefix, name) is None:
         snapshot = await redis.hgetall(old["snapshot"])
