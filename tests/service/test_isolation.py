@@ -5,12 +5,13 @@ snapshot is that model's problem, said so at once."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -32,6 +33,20 @@ _SLOW_X = [[random.Random(i).gauss(0.0, 1.0)] for i in range(_STEPS)]
 #: Concurrent predictions on the slow model: more than asyncio's default pool has threads.
 _SLOW_READERS = 8
 _ROUNDS = 15
+
+
+@pytest.fixture(autouse=True)
+def _no_harness_gc_pauses() -> Iterator[None]:
+    """The server runs in pytest's process, whose heap holds what the earlier tests left
+    (about a million tracked objects late in a full run): a full collection then stalls
+    every thread for 0.2-0.9 s, measured with gc.callbacks, and failed these timings. A
+    service process has no such heap; frozen, the collector skips it."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _median_seconds(call: Callable[[], httpx.Response], rounds: int = _ROUNDS) -> float:
