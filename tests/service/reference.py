@@ -34,11 +34,14 @@ def reference_learner(rds: redis.Redis, prefix: str, name: str) -> tuple[OnlineL
 
 
 def probe_predictions(learner: OnlineLearner, probes: list[list[float]]) -> dict[str, Any]:
-    """What ``predict/batch`` must answer for ``probes``."""
+    """What ``predict/batch`` must answer for ``probes`` (a regression answer has no
+    ``probabilities``)."""
     return {
         "step": learner.step,
         "predictions": [
-            {"prediction": p.prediction, "probabilities": p.probabilities}
+            {"prediction": p.prediction}
+            if p.probabilities is None
+            else {"prediction": p.prediction, "probabilities": p.probabilities}
             for p in learner.predict_many(probes)
         ],
     }

@@ -29,14 +29,21 @@ pytestmark = pytest.mark.cluster  # also against a real Redis Cluster
 PREDICT_PROBES = {"samples": [{"x": x} for x in PROBES]}
 
 
+def _regression(sent: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Targets far from 0, which the default regression spec standardizes (target_norm)."""
+    return [{"x": s["x"], "y": 150.0 + 12.5 * s["y"] + 0.1 * s["x"][0]} for s in sent]
+
+
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("task", ["classification", "regression"])
 def test_kill_between_requests_loses_nothing(
-    redis_url: str, prefix: str, rds: redis.Redis, tmp_path: Path
+    redis_url: str, prefix: str, rds: redis.Redis, tmp_path: Path, task: str
 ) -> None:
-    """Snapshots every 7 steps: recovery = latest snapshot + replay of the log after it."""
+    """Snapshots every 7 steps: recovery = latest snapshot + replay of the log after it.
+    The regression model's running target statistics come back with it."""
     env = _service_env(redis_url, prefix, ONLINENORM_SNAPSHOT_EVERY_STEPS="7")
-    body = spec()
-    sent = samples(40)
+    body = spec() if task == "classification" else spec(task="regression", num_classes=None)
+    sent = samples(40) if task == "classification" else _regression(samples(40))
     srv = ProcessServer(env, tmp_path / "service.log").start()
     try:
         with srv.client() as c:
