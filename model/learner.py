@@ -803,10 +803,14 @@ class OnlineLearner:
         return dump_state(tensors, meta)
 
     @classmethod
-    def from_state_bytes(cls, data: bytes, device: str | torch.device = "cpu") -> OnlineLearner:
-        """Rebuild a learner that continues exactly like the one that was saved."""
+    def from_state_bytes(
+        cls, data: bytes, device: str | torch.device = "cpu", path: StepPath = "auto"
+    ) -> OnlineLearner:
+        """Rebuild a learner that continues exactly like the one that was saved, if it
+        takes the same ``path`` (the state does not record it: a learner saved from an
+        eager path continues bit for bit with ``path="eager"``)."""
         tensors, meta = _load_checked(data)
-        learner = cls(ModelSpec.from_stored(meta["spec"]), device=device)
+        learner = cls(ModelSpec.from_stored(meta["spec"]), device=device, path=path)
         learner._load_parts(tensors, meta)
         return learner
 

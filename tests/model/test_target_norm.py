@@ -89,10 +89,11 @@ def test_state_round_trip_continues_bit_for_bit(path: str) -> None:
     a = OnlineLearner({**REG, "output_dim": 1}, path=path)
     for x, y in data[:60]:
         a.learn_one(x, y)
-    b = OnlineLearner.from_state_bytes(a.state_bytes())  # on the default (fast) path
+    b = OnlineLearner.from_state_bytes(a.state_bytes(), path=path)  # type: ignore[arg-type]
     c = OnlineLearner({**REG, "output_dim": 1}, path=path)
     c.load_state_bytes(a.state_bytes())
-    twins = [c, b] if path == "fast" else [c]
+    assert b.path == c.path == path
+    twins = [c, b]
     for x, y in data[60:]:
         want = a.learn_one(x, y)
         assert all(t.learn_one(x, y) == want for t in twins)
