@@ -827,7 +827,9 @@ class OnlineLearner:
     def _load_parts(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
         target = None
         if self.target_scaler is not None:  # checked before anything is loaded
-            target = TargetScaler.from_parts(self.spec.output_size, unprefixed(tensors, "target."), meta)
+            target = TargetScaler.from_parts(
+                self.spec.output_size, unprefixed(tensors, "target."), meta.get("target_count")
+            )
         self.network.load_state_dict(unprefixed(tensors, "net."), strict=True)
         self.optimizer.load_state_dict(optimizer_from_parts(unprefixed(tensors, "opt."), meta["optimizer"]))
         self.step = int(meta["step"])

@@ -37,8 +37,10 @@ MAX_CLIP = 1e6
 _WIDTHS_SCHEMA = {"maxItems": MAX_LAYERS, "items": {"type": "integer", "minimum": 1, "maximum": MAX_WIDTH}}
 
 
-#: Fields added after specs were first stored whose default does not behave as their
-#: absence did, with the value a stored spec without them means (``ModelSpec.from_stored``).
+#: Fields added after specs were first stored, with the value a stored spec without them
+#: means: how the model behaved before the field existed (``ModelSpec.from_stored``). It
+#: must be listed where that differs from today's default (``target_norm``); a field whose
+#: default still behaves so (``input_clamp``) is listed too, so its default can change.
 STORED_DEFAULTS: dict[tuple[str, str], Any] = {
     ("network", "input_clamp"): None,
     ("network", "target_norm"): "none",

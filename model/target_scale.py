@@ -58,10 +58,10 @@ class TargetScaler:
         return tensors, self.count
 
     @classmethod
-    def from_parts(cls, size: int, tensors: dict[str, Tensor], meta: dict) -> TargetScaler:
-        """The scaler :meth:`to_parts` saved (its count under ``meta["target_count"]``);
-        ``ValueError`` if the parts are missing or do not fit ``size`` outputs."""
-        mean, m2, count = tensors.get("mean"), tensors.get("m2"), meta.get("target_count")
+    def from_parts(cls, size: int, tensors: dict[str, Tensor], count: object) -> TargetScaler:
+        """The scaler whose :meth:`to_parts` these are; ``ValueError`` if they are
+        missing or do not fit ``size`` outputs."""
+        mean, m2 = tensors.get("mean"), tensors.get("m2")
         if mean is None or m2 is None or count is None:
             raise ValueError("the state has no target statistics (network.target_norm is 'running')")
         if mean.shape != (size,) or m2.shape != (size,) or type(count) is not int or count < 0:
